@@ -1,0 +1,92 @@
+package snapshot
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+)
+
+// etcd ends every snapshot stream with the sha256 of everything before it.
+const trailerSize = sha256.Size
+
+// ErrTrailerMismatch means the data does not match the sha256 etcd appended to it.
+var ErrTrailerMismatch = errors.New("etcd's sha256 trailer does not match the snapshot data")
+
+// trailerSplitter passes all but the last trailerSize bytes it is given to body and keeps
+// those last bytes, which are etcd's trailer once the stream has ended.
+type trailerSplitter struct {
+	body io.Writer
+	tail []byte
+}
+
+func (t *trailerSplitter) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(t.tail)+len(p) <= trailerSize {
+		t.tail = append(t.tail, p...)
+		return n, nil
+	}
+	// Everything beyond the final trailerSize bytes of tail+p is body.
+	emit := len(t.tail) + len(p) - trailerSize
+	fromTail := min(emit, len(t.tail))
+	if _, err := t.body.Write(t.tail[:fromTail]); err != nil {
+		return 0, err
+	}
+	if _, err := t.body.Write(p[:emit-fromTail]); err != nil {
+		return 0, err
+	}
+	t.tail = append(t.tail[:0], t.tail[fromTail:]...)
+	t.tail = append(t.tail, p[emit-fromTail:]...)
+	return n, nil
+}
+
+// digest checks a raw etcd snapshot as it streams through: its size and sha256 (trailer
+// included, so they equal an `etcdctl snapshot save` file), etcd's trailer, and the
+// revision inside.
+type digest struct {
+	size  int64
+	full  hash.Hash
+	body  hash.Hash
+	split *trailerSplitter
+	scan  *boltScanner
+	w     io.Writer
+}
+
+func newDigest() *digest {
+	d := &digest{full: sha256.New(), body: sha256.New(), scan: newBoltScanner()}
+	d.split = &trailerSplitter{body: io.MultiWriter(d.body, d.scan)}
+	d.w = io.MultiWriter(d.full, d.split)
+	return d
+}
+
+func (d *digest) Write(p []byte) (int, error) {
+	d.size += int64(len(p))
+	return d.w.Write(p)
+}
+
+// digestResult is what a complete stream proved about itself.
+type digestResult struct {
+	Size   int64
+	SHA256 string
+	scanResult
+}
+
+// finish checks the trailer and the bbolt structure once the stream has ended.
+func (d *digest) finish() (digestResult, error) {
+	r := digestResult{Size: d.size, SHA256: hex.EncodeToString(d.full.Sum(nil))}
+	if len(d.split.tail) < trailerSize {
+		return r, fmt.Errorf("snapshot is only %d bytes, too short to be an etcd snapshot", d.size)
+	}
+	if !bytes.Equal(d.body.Sum(nil), d.split.tail) {
+		return r, ErrTrailerMismatch
+	}
+	sr, err := d.scan.result()
+	r.scanResult = sr
+	if err != nil {
+		return r, fmt.Errorf("reading the revision from the snapshot's bbolt pages: %w", err)
+	}
+	return r, nil
+}

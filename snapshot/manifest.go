@@ -1,0 +1,198 @@
+// Package snapshot streams etcd snapshots into a store (save), and lists, finds and
+// verifies them. A snapshot is an object <cluster>/snapshots/<ID>.db[.zst|.gz] and its
+// manifest <cluster>/snapshots/<ID>.json; the manifest is written last, so a snapshot
+// exists only once it is complete.
+package snapshot
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/etcdguard/etcdguard/store"
+)
+
+// Manifest describes one complete snapshot. Its JSON form is etcdguard's output contract.
+type Manifest struct {
+	ID              string    `json:"id"`
+	Cluster         string    `json:"cluster"`
+	CreatedAt       time.Time `json:"created_at"`
+	CompletedAt     time.Time `json:"completed_at"`
+	Revision        int64     `json:"revision"`
+	CompactRevision int64     `json:"compact_revision"`
+	EtcdVersion     string    `json:"etcd_version"`
+	ClusterID       string    `json:"cluster_id"`
+	MemberID        string    `json:"member_id"`
+	Endpoint        string    `json:"endpoint"`
+	DBSize          int64     `json:"db_size"`
+	StoredSize      int64     `json:"stored_size"`
+	SHA256          string    `json:"sha256"`
+	Compression     string    `json:"compression"`
+	Encryption      string    `json:"encryption"`
+	Object          string    `json:"object"`
+	ToolVersion     string    `json:"tool_version"`
+}
+
+const manifestExt = ".json"
+
+// verifiedSuffix marks the record of a successful verification (written by later features);
+// it shares the .json extension but is not a manifest.
+const verifiedSuffix = ".verified.json"
+
+func snapshotsPrefix(cluster string) string { return cluster + "/snapshots/" }
+
+func manifestKey(cluster, id string) string { return snapshotsPrefix(cluster) + id + manifestExt }
+
+// newID returns <YYYYMMDDTHHMMSSZ>-<6 hex>: sorts by start time and never collides.
+func newID(t time.Time) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return t.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
+}
+
+func writeManifest(ctx context.Context, st store.Store, m *Manifest) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	key := manifestKey(m.Cluster, m.ID)
+	if err := store.PutBytes(ctx, st, key, b); err != nil {
+		return fmt.Errorf("writing manifest %s: %w", key, err)
+	}
+	return nil
+}
+
+func readManifest(ctx context.Context, st store.Store, key string) (*Manifest, error) {
+	b, err := store.ReadAll(ctx, st, key, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("manifest %s is not valid JSON: %w", key, err)
+	}
+	if m.ID == "" || m.Object == "" {
+		return nil, fmt.Errorf("manifest %s has no id or object", key)
+	}
+	return &m, nil
+}
+
+// List returns the cluster's complete snapshots, newest first. A manifest that cannot be
+// read is logged and skipped, so one bad object never hides the others during an outage.
+func List(ctx context.Context, st store.Store, cluster string) ([]*Manifest, error) {
+	objs, err := st.List(ctx, snapshotsPrefix(cluster))
+	if err != nil {
+		return nil, fmt.Errorf("listing snapshots of cluster %s in %s: %w", cluster, st, err)
+	}
+	var out []*Manifest
+	for _, o := range objs {
+		if !strings.HasSuffix(o.Key, manifestExt) || strings.HasSuffix(o.Key, verifiedSuffix) {
+			continue
+		}
+		m, err := readManifest(ctx, st, o.Key)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			slog.WarnContext(ctx, "skipping unreadable manifest", "key", o.Key, "err", err)
+			continue
+		}
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b *Manifest) int { return strings.Compare(b.ID, a.ID) })
+	return out, nil
+}
+
+// ErrNoSnapshots is returned when a cluster has no complete snapshot.
+var ErrNoSnapshots = errors.New("no snapshots")
+
+// Find returns the snapshot named by id, or the newest one for "latest". An unknown id
+// gets an error naming the snapshots closest to it in time.
+func Find(ctx context.Context, st store.Store, cluster, id string) (*Manifest, error) {
+	if id != "latest" {
+		m, err := readManifest(ctx, st, manifestKey(cluster, id))
+		if err == nil {
+			return m, nil
+		}
+		if !errors.Is(err, store.ErrNotExist) {
+			return nil, err
+		}
+	}
+	all, err := List(ctx, st, cluster)
+	if err != nil {
+		return nil, err
+	}
+	if len(all) == 0 {
+		return nil, fmt.Errorf("cluster %s has %w in %s: take one with `etcdguard snapshot save`", cluster, ErrNoSnapshots, st)
+	}
+	if id == "latest" {
+		return all[0], nil
+	}
+	return nil, fmt.Errorf("snapshot %s not found in cluster %s; nearest: %s (see `etcdguard snapshot list`): %w",
+		id, cluster, strings.Join(nearest(all, id, 3), ", "), store.ErrNotExist)
+}
+
+// nearest returns up to n ids closest to id in sort order (ids sort by time).
+func nearest(all []*Manifest, id string, n int) []string {
+	ids := make([]string, len(all))
+	for i, m := range all {
+		ids[len(all)-1-i] = m.ID // ascending
+	}
+	i, _ := slices.BinarySearch(ids, id)
+	lo, hi := max(0, i-n/2-1), min(len(ids), i+n/2+1)
+	for hi-lo > n {
+		if i-lo > hi-i {
+			lo++
+		} else {
+			hi--
+		}
+	}
+	return ids[lo:hi]
+}
+
+// Clusters returns the clusters that have snapshots in the store.
+func Clusters(ctx context.Context, st store.Store) ([]string, error) {
+	objs, err := st.List(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("listing clusters in %s: %w", st, err)
+	}
+	var out []string
+	for _, o := range objs {
+		if cluster, rest, ok := strings.Cut(o.Key, "/"); ok && strings.HasPrefix(rest, "snapshots/") {
+			out = append(out, cluster) // keys are sorted, so one cluster's keys are adjacent
+		}
+	}
+	return slices.Compact(out), nil
+}
+
+// ResolveCluster picks the cluster for commands that do not talk to etcd: the one given,
+// or the only one in the store.
+func ResolveCluster(ctx context.Context, st store.Store, cluster string) (string, error) {
+	if cluster != "" {
+		return cluster, nil
+	}
+	all, err := Clusters(ctx, st)
+	if err != nil {
+		return "", err
+	}
+	switch len(all) {
+	case 0:
+		return "", fmt.Errorf("no snapshots of any cluster in %s: check --store, or take one with `etcdguard snapshot save`", st)
+	case 1:
+		return all[0], nil
+	}
+	return "", fmt.Errorf("%s holds several clusters (%s): choose one with --cluster", st, strings.Join(all, ", "))
+}
+
+// objectKey is where a snapshot's data lives.
+func objectKey(cluster, id, compression string) string {
+	return path.Join(snapshotsPrefix(cluster), id+extension(compression))
+}

@@ -1,0 +1,164 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdguard/etcdguard/internal/version"
+	"github.com/etcdguard/etcdguard/store"
+)
+
+// SaveOptions configures Save.
+type SaveOptions struct {
+	Cluster     string // store namespace for this cluster (required)
+	Endpoint    string // the member cli talks to; recorded in the manifest
+	Compression string // zstd, gzip or none
+	Level       string // fastest, default or better
+	// StaleUploadAge: uploads of this cluster's snapshots that started longer ago than
+	// this are aborted first (leftovers of a killed save). 0 skips the clean-up.
+	StaleUploadAge time.Duration
+	// Progress, if set, is called with the raw bytes received so far, from the streaming
+	// goroutine; it must be cheap.
+	Progress func(raw int64)
+}
+
+// Save streams a snapshot of the member behind cli into st:
+// etcd → sha256 and revision scan → compression → store, with no temporary file. The
+// manifest is written only after etcd's trailer checked out and the object is stored.
+func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOptions) (*Manifest, error) {
+	if opts.Cluster == "" {
+		return nil, errors.New("no cluster name: set --cluster")
+	}
+	if err := checkCompression(opts.Compression, opts.Level); err != nil {
+		return nil, err
+	}
+	log := slog.With("cluster", opts.Cluster, "endpoint", opts.Endpoint)
+	if opts.StaleUploadAge > 0 {
+		n, err := st.AbortIncomplete(ctx, snapshotsPrefix(opts.Cluster), opts.StaleUploadAge)
+		if err != nil {
+			return nil, fmt.Errorf("cleaning up interrupted uploads in %s: %w", st, err)
+		}
+		if n > 0 {
+			log.InfoContext(ctx, "aborted interrupted uploads", "count", n, "older_than", opts.StaleUploadAge)
+		}
+	}
+
+	status, err := cli.Status(ctx, opts.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("etcd status of %s: %w", opts.Endpoint, err)
+	}
+	started := time.Now().UTC()
+	m := &Manifest{
+		ID:          newID(started),
+		Cluster:     opts.Cluster,
+		CreatedAt:   started,
+		EtcdVersion: status.Version,
+		ClusterID:   fmt.Sprintf("%x", status.Header.ClusterId),
+		MemberID:    fmt.Sprintf("%x", status.Header.MemberId),
+		Endpoint:    opts.Endpoint,
+		Compression: opts.Compression,
+		Encryption:  "none",
+		ToolVersion: version.String(),
+	}
+	m.Object = objectKey(m.Cluster, m.ID, m.Compression)
+
+	// The stream gets its own cancel so a failed upload stops etcd from sending more.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resp, err := cli.SnapshotWithVersion(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("starting snapshot of %s: %w", opts.Endpoint, err)
+	}
+	defer resp.Snapshot.Close()
+	if resp.Version != "" {
+		m.EtcdVersion = resp.Version
+	}
+	log.InfoContext(ctx, "snapshot started", "id", m.ID, "object", m.Object)
+
+	pr, pw := io.Pipe()
+	type putResult struct {
+		n   int64
+		err error
+	}
+	uploaded := make(chan putResult, 1)
+	go func() {
+		n, err := st.Put(ctx, m.Object, pr)
+		pr.CloseWithError(err) // unblocks the writer if the upload failed
+		if err != nil {
+			cancel()
+		}
+		uploaded <- putResult{n, err}
+	}()
+
+	d, streamErr := stream(resp.Snapshot, pw, opts)
+	if streamErr != nil {
+		pw.CloseWithError(streamErr)
+	} else {
+		pw.Close()
+	}
+	put := <-uploaded
+	if streamErr != nil && (put.err == nil || errors.Is(put.err, streamErr)) {
+		return nil, fmt.Errorf("snapshot of %s: %w", opts.Endpoint, streamErr)
+	}
+	if put.err != nil {
+		// The upload failed first (and stopped the stream): its error is the cause.
+		return nil, fmt.Errorf("uploading %s to %s: %w", m.Object, st, put.err)
+	}
+
+	m.DBSize, m.SHA256, m.Revision, m.CompactRevision = d.Size, d.SHA256, d.Revision, d.CompactRevision
+	m.StoredSize = put.n
+	m.CompletedAt = time.Now().UTC()
+	if err := writeManifest(ctx, st, m); err != nil {
+		// Without its manifest the object is invisible; remove it so it does not cost storage.
+		if derr := st.Delete(context.WithoutCancel(ctx), m.Object); derr != nil {
+			log.WarnContext(ctx, "could not remove object without manifest", "object", m.Object, "err", derr)
+		}
+		return nil, err
+	}
+	log.InfoContext(ctx, "snapshot saved", "id", m.ID, "revision", m.Revision, "db_size", m.DBSize,
+		"stored_size", m.StoredSize, "duration", m.CompletedAt.Sub(started).Round(time.Millisecond))
+	return m, nil
+}
+
+// stream copies etcd's snapshot through the digest and the encoder into w and checks the
+// trailer. It returns an error, without flushing the encoder, if anything is wrong, so the
+// upload never completes with a bad snapshot.
+func stream(src io.Reader, w io.Writer, opts SaveOptions) (digestResult, error) {
+	enc, err := newEncoder(w, opts.Compression, opts.Level)
+	if err != nil {
+		return digestResult{}, err
+	}
+	d := newDigest()
+	var dst io.Writer = io.MultiWriter(d, enc)
+	if opts.Progress != nil {
+		dst = io.MultiWriter(dst, &progressWriter{report: opts.Progress})
+	}
+	if _, err := io.CopyBuffer(dst, src, make([]byte, 256<<10)); err != nil {
+		return digestResult{}, fmt.Errorf("streaming: %w", err)
+	}
+	res, err := d.finish()
+	if err != nil {
+		return res, err
+	}
+	if err := enc.Close(); err != nil {
+		return res, fmt.Errorf("compressing: %w", err)
+	}
+	return res, nil
+}
+
+type progressWriter struct {
+	total  int64
+	report func(int64)
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	p.total += int64(len(b))
+	p.report(p.total)
+	return len(b), nil
+}
