@@ -1,0 +1,66 @@
+// Command etcdguard backs up etcd to object storage, guards deletes and restores.
+// This package only wires flags, environment and config to the library packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	_ "github.com/etcdguard/etcdguard/store/file"
+	_ "github.com/etcdguard/etcdguard/store/s3"
+)
+
+// exitError carries a documented exit code (e.g. a failed verification) out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCommand().ExecuteContext(ctx)
+	stop()
+	if err == nil {
+		return
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		err = errors.New("interrupted; nothing partial was left in the store")
+	}
+	// One line: runbooks grep for it and pagers show only the first line.
+	fmt.Fprintln(os.Stderr, "etcdguard: "+strings.ReplaceAll(err.Error(), "\n", " "))
+	os.Exit(code)
+}
+
+func newRootCommand() *cobra.Command {
+	g := &globalOptions{}
+	root := &cobra.Command{
+		Use:           "etcdguard",
+		Short:         "etcd snapshots to S3, guarded deletes and point-in-time restore",
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return g.setup(cmd)
+		},
+	}
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%w (see `%s --help`)", err, cmd.CommandPath())
+	})
+	g.addFlags(root)
+	root.AddCommand(newSnapshotCommand(g), newVersionCommand())
+	return root
+}

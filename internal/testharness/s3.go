@@ -1,0 +1,208 @@
+package testharness
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
+
+	"github.com/etcdguard/etcdguard/store"
+)
+
+// S3Server is an S3 endpoint started for one test, with a bucket created.
+type S3Server struct {
+	Endpoint  string // http://127.0.0.1:PORT
+	Bucket    string
+	AccessKey string
+	SecretKey string
+	Region    string
+}
+
+// Options returns the store options that reach this server. Credentials are
+// not among them: use Client, or Env for a subprocess.
+func (s *S3Server) Options() store.Options {
+	return store.Options{S3Endpoint: s.Endpoint, S3Region: s.Region, S3PathStyle: true}
+}
+
+// URL returns the --store URL for prefix in this server's bucket.
+func (s *S3Server) URL(prefix string) string {
+	if prefix == "" {
+		return "s3://" + s.Bucket
+	}
+	return "s3://" + s.Bucket + "/" + prefix
+}
+
+// Env returns the environment a subprocess (the etcdguard binary) needs to
+// reach this server. Append it to os.Environ() or use it alone.
+func (s *S3Server) Env() []string {
+	return []string{
+		"AWS_ACCESS_KEY_ID=" + s.AccessKey,
+		"AWS_SECRET_ACCESS_KEY=" + s.SecretKey,
+		"AWS_REGION=" + s.Region,
+		"AWS_ENDPOINT_URL_S3=" + s.Endpoint,
+		// Without this the SDK probes the EC2 metadata service when another
+		// credential source is missing, which hangs for seconds off EC2.
+		"AWS_EC2_METADATA_DISABLED=true",
+		"ETCDGUARD_S3_ENDPOINT=" + s.Endpoint,
+		"ETCDGUARD_S3_REGION=" + s.Region,
+		"ETCDGUARD_S3_PATH_STYLE=true",
+	}
+}
+
+// Client returns an S3 client for this server with static credentials; it reads
+// no environment or AWS config files, so parallel tests cannot disturb it.
+func (s *S3Server) Client(t testing.TB) *s3.Client {
+	t.Helper()
+	return s3.New(s3.Options{
+		Region:       s.Region,
+		BaseEndpoint: aws.String(s.Endpoint),
+		UsePathStyle: true,
+		Credentials:  credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
+		DisableLogOutputChecksumValidationSkipped: true,
+	})
+}
+
+func (s *S3Server) createBucket(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.Client(t).CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
+		t.Fatalf("create bucket %s at %s: %v", s.Bucket, s.Endpoint, err)
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// StartFakeS3 serves gofakes3 (in memory, in process) on a loopback port until
+// the test ends. It checks no signatures, so any credentials work.
+func StartFakeS3(t testing.TB) *S3Server {
+	t.Helper()
+	faker := gofakes3.New(s3mem.New())
+	ts := httptest.NewServer(faker.Server()) // binds 127.0.0.1
+	t.Cleanup(ts.Close)
+	s := &S3Server{Endpoint: ts.URL, Bucket: "etcdguard-test", AccessKey: "fake", SecretKey: "fake", Region: "us-east-1"}
+	s.createBucket(t)
+	return s
+}
+
+// StartVersityGW runs a real S3 server, versitygw with its posix backend on a
+// temp dir, until the test ends. It skips the test when bin/versitygw has not
+// been built, unless ETCDGUARD_E2E=1 asks for every real-server test to run.
+func StartVersityGW(t testing.TB) *S3Server {
+	t.Helper()
+	if os.Getenv("ETCDGUARD_E2E") != "1" {
+		if _, err := os.Stat(filepath.Join(RepoRoot(t), "bin", "versitygw")); err != nil {
+			t.Skip("bin/versitygw not built: run `make tools` to test against a real S3 server")
+		}
+	}
+	bin := Bin(t, "versitygw")
+	s := &S3Server{Bucket: "etcdguard-test", AccessKey: "etcdguard-" + randomHex(4), SecretKey: randomHex(16), Region: "us-east-1"}
+	root := t.TempDir()
+
+	// The port is picked by binding :0 and closing it; another process may take
+	// it in between, so a start that exits early is retried on a fresh port.
+	var err error
+	for range 3 {
+		if err = s.startVersityGW(t, bin, root); err == nil {
+			s.createBucket(t)
+			return s
+		}
+	}
+	t.Fatalf("start versitygw: %v", err)
+	return nil
+}
+
+func (s *S3Server) startVersityGW(t testing.TB, bin, root string) error {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	addr := l.Addr().String()
+	l.Close()
+
+	var out syncBuffer
+	// Keys go in flags, not the environment, and the child gets no environment
+	// of ours, so stray VGW_* or ROOT_* variables cannot change its behaviour.
+	cmd := exec.Command(bin, "--access", s.AccessKey, "--secret", s.SecretKey, "--region", s.Region,
+		"--port", addr, "--quiet", "posix", root)
+	cmd.Env = []string{"HOME=" + root}
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		cmd.Process.Kill()
+		<-exited
+	}
+
+	s.Endpoint = "http://" + addr
+	client := s.Client(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := client.ListBuckets(ctx, &s3.ListBucketsInput{})
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case werr := <-exited:
+			exited <- werr // for stop
+			stop()
+			return fmt.Errorf("versitygw exited (%v): %s", werr, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return fmt.Errorf("versitygw did not answer on %s within 30s: %w\n%s", addr, err, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("versitygw output:\n%s", out.String())
+		}
+	})
+	return nil
+}
+
+// syncBuffer collects a child's output, which may be read while the child
+// still writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds the real servers and tools the tests, demo and benchmarks run into
+# <repo>/bin. Each is rebuilt only when missing or older than what it is built
+# from, so running this before every test run costs nothing.
+set -euo pipefail
+
+VERSITYGW_VERSION=v1.8.0
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="$root/bin"
+cd "$root"
+mkdir -p "$bin"
+built=0
+
+# stale BINARY DEP...: true if BINARY is missing or any DEP is newer.
+stale() {
+	local out="$1"
+	shift
+	[[ -e "$out" ]] || return 0
+	local dep
+	for dep in "$@"; do
+		[[ "$dep" -nt "$out" ]] && return 0
+	done
+	return 1
+}
+
+# build NAME GO-BUILD-TARGET DEP...
+build() {
+	local name="$1" target="$2"
+	shift 2
+	if stale "$bin/$name" "$@"; then
+		local t0=$SECONDS
+		go build -o "$bin/$name" "$target"
+		# go build leaves the file untouched when nothing changed; bump it
+		# so the next run sees it as newer than its deps.
+		touch "$bin/$name"
+		echo "built bin/$name ($((SECONDS - t0))s)"
+		built=$((built + 1))
+	fi
+}
+
+build etcd ./internal/tools/etcd go.mod go.sum internal/tools/etcd/*.go
+build etcdctl go.etcd.io/etcd/etcdctl/v3 go.mod go.sum
+build etcdutl go.etcd.io/etcd/etcdutl/v3 go.mod go.sum
+build loadgen ./internal/tools/loadgen go.mod go.sum internal/loadgen/*.go internal/tools/loadgen/*.go
+
+# versitygw does not come from our go.mod, so it is keyed on its version,
+# which go records in the binary; rebuilding it takes about two minutes.
+if ! go version -m "$bin/versitygw" 2>/dev/null | grep -q "mod[[:space:]]*github.com/versity/versitygw[[:space:]]*$VERSITYGW_VERSION[[:space:]]"; then
+	t0=$SECONDS
+	GOBIN="$bin" go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+	echo "built bin/versitygw $VERSITYGW_VERSION ($((SECONDS - t0))s)"
+	built=$((built + 1))
+fi
+
+if ((built == 0)); then
+	echo "bin/ is up to date"
+fi

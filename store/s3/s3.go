@@ -1,0 +1,320 @@
+// Package s3 is the store backend for S3 and S3-compatible servers
+// (s3://BUCKET[/PREFIX]), built on aws-sdk-go-v2's service/s3.
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/etcdguard/etcdguard/store"
+)
+
+func init() {
+	store.Register("s3", func(ctx context.Context, u *url.URL, opts store.Options) (store.Store, error) {
+		if u.User != nil {
+			return nil, fmt.Errorf("--store %q contains credentials: remove them and use the AWS default chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role)", store.Redact(u.String()))
+		}
+		if u.Host == "" {
+			return nil, fmt.Errorf("malformed --store %q: want s3://BUCKET[/PREFIX]", u.String())
+		}
+		return Open(ctx, u.Host, u.Path, opts)
+	})
+}
+
+const (
+	// DefaultPartSize keeps 10,000 parts above 156 GiB, far beyond any etcd database.
+	DefaultPartSize = 16 << 20
+	// MinPartSize is S3's lower limit for every part but the last.
+	MinPartSize = 5 << 20
+	// DefaultConcurrency is how many parts upload at once by default.
+	DefaultConcurrency = 2
+	// maxParts is S3's limit on parts per multipart upload.
+	maxParts = 10000
+	// abortTimeout bounds the cleanup that runs after the caller's ctx is gone.
+	abortTimeout = 30 * time.Second
+)
+
+// Store is a bucket, or the part of one under a prefix.
+type Store struct {
+	client      *s3.Client
+	bucket      string
+	prefix      string // "" or ends with "/"
+	opts        store.Options
+	partSize    int64
+	concurrency int
+	maxParts    int // maxParts; tests lower it
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open connects to bucket with credentials from the AWS default chain and checks
+// that the bucket exists and the credentials may use it, so a wrong setting
+// fails now with advice rather than hours later in the first scheduled backup.
+func Open(ctx context.Context, bucket, prefix string, opts store.Options) (*Store, error) {
+	return open(ctx, bucket, prefix, opts)
+}
+
+// open takes extra config options so tests can inject static credentials
+// instead of changing the process environment.
+func open(ctx context.Context, bucket, prefix string, opts store.Options, loadOpts ...func(*config.LoadOptions) error) (*Store, error) {
+	if opts.PartSize != 0 && opts.PartSize < MinPartSize {
+		return nil, fmt.Errorf("S3 part size %d is too small: S3 requires at least %d bytes (5 MiB)", opts.PartSize, MinPartSize)
+	}
+	switch opts.S3SSE {
+	case "", "AES256", "aws:kms", "aws:kms:dsse":
+	default:
+		return nil, fmt.Errorf("unknown --s3-sse %q: use AES256 or aws:kms", opts.S3SSE)
+	}
+	if opts.S3KMSKeyID != "" && !strings.HasPrefix(opts.S3SSE, "aws:kms") {
+		return nil, errors.New("--s3-kms-key-id needs --s3-sse aws:kms")
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	if opts.S3Region != "" {
+		cfg.Region = opts.S3Region
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
+		// BaseEndpoint already holds AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL if set;
+		// the flag wins over both.
+		if opts.S3Endpoint != "" {
+			o.BaseEndpoint = aws.String(opts.S3Endpoint)
+		}
+		o.UsePathStyle = opts.S3PathStyle
+		// Many S3-compatible servers return no checksums; the SDK would log a
+		// warning for every object read from them.
+		o.DisableLogOutputChecksumValidationSkipped = true
+	})
+	s := NewFromClient(client, bucket, prefix, opts)
+	if _, err := client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(bucket)}); err != nil {
+		return nil, s.bucketErr(err)
+	}
+	return s, nil
+}
+
+// NewFromClient wraps an existing client without checking the bucket. A part
+// size below MinPartSize is raised to it.
+func NewFromClient(client *s3.Client, bucket, prefix string, opts store.Options) *Store {
+	prefix = strings.Trim(prefix, "/")
+	if prefix != "" {
+		prefix += "/"
+	}
+	s := &Store{client: client, bucket: bucket, prefix: prefix, opts: opts,
+		partSize: opts.PartSize, concurrency: opts.Concurrency, maxParts: maxParts}
+	if s.partSize == 0 {
+		s.partSize = DefaultPartSize
+	}
+	s.partSize = max(s.partSize, MinPartSize)
+	if s.concurrency <= 0 {
+		s.concurrency = DefaultConcurrency
+	}
+	return s
+}
+
+// String returns s3://BUCKET[/PREFIX].
+func (s *Store) String() string {
+	if s.prefix == "" {
+		return "s3://" + s.bucket
+	}
+	return "s3://" + s.bucket + "/" + strings.TrimSuffix(s.prefix, "/")
+}
+
+func (s *Store) endpoint() string {
+	if ep := s.client.Options().BaseEndpoint; ep != nil {
+		return *ep
+	}
+	return "AWS S3 in region " + s.client.Options().Region
+}
+
+// bucketErr explains why the bucket cannot be used, and what to do about it.
+func (s *Store) bucketErr(err error) error {
+	b := s.bucket
+	switch code, status := errInfo(err); {
+	case code == "NoSuchBucket" || status == 404:
+		return fmt.Errorf("bucket %q at %s: %w: create it with: aws s3 mb s3://%s", b, s.endpoint(), store.ErrBucketNotExist, b)
+	case status == 403 || code == "AccessDenied" || code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch":
+		return fmt.Errorf("bucket %q at %s: %w (%s): check the AWS credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role) and that their IAM policy allows s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and s3:AbortMultipartUpload on it",
+			b, s.endpoint(), store.ErrAccessDenied, code)
+	case status == 301 || code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed":
+		return fmt.Errorf("bucket %q is not in region %s: set --s3-region to the bucket's region: %w", b, s.client.Options().Region, err)
+	}
+	var dnsErr *net.DNSError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("cannot connect to S3 endpoint %s (connection refused): check --s3-endpoint and that the server is running: %w", s.endpoint(), err)
+	case errors.As(err, &dnsErr):
+		return fmt.Errorf("cannot resolve S3 endpoint %s: check --s3-endpoint / --s3-region: %w", s.endpoint(), err)
+	case strings.Contains(err.Error(), "failed to retrieve credentials"):
+		return fmt.Errorf("no AWS credentials found for bucket %q: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or give the node an IAM role: %w", b, err)
+	}
+	return fmt.Errorf("check bucket %q at %s: %w", b, s.endpoint(), err)
+}
+
+// errInfo returns the S3 error code and HTTP status of err, if it has them.
+func errInfo(err error) (code string, status int) {
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		code = apiErr.ErrorCode()
+	}
+	var respErr *awshttp.ResponseError
+	if errors.As(err, &respErr) {
+		status = respErr.HTTPStatusCode()
+	}
+	return code, status
+}
+
+// objectErr wraps err from an operation on key, so errors.Is finds the
+// store's sentinels.
+func (s *Store) objectErr(op, key string, err error) error {
+	code, status := errInfo(err)
+	switch {
+	case code == "NoSuchKey" || code == "NotFound" || (status == 404 && code != "NoSuchBucket"):
+		err = fmt.Errorf("%w (%w)", store.ErrNotExist, err)
+	case code == "NoSuchBucket":
+		err = fmt.Errorf("%w: create it with: aws s3 mb s3://%s (%w)", store.ErrBucketNotExist, s.bucket, err)
+	case status == 403:
+		err = fmt.Errorf("%w: check the credentials and their IAM policy (%w)", store.ErrAccessDenied, err)
+	}
+	return fmt.Errorf("%s %s/%s: %w", op, s, key, err)
+}
+
+func (s *Store) key(key string) (string, error) {
+	if err := store.CheckKey(key); err != nil {
+		return "", err
+	}
+	return s.prefix + key, nil
+}
+
+// Get opens key for reading.
+func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	k, err := s.key(key)
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &k})
+	if err != nil {
+		return nil, s.objectErr("get", key, err)
+	}
+	return out.Body, nil
+}
+
+// Stat describes key.
+func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) {
+	k, err := s.key(key)
+	if err != nil {
+		return store.ObjectInfo{}, err
+	}
+	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &k})
+	if err != nil {
+		return store.ObjectInfo{}, s.objectErr("stat", key, err)
+	}
+	return store.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified)}, nil
+}
+
+// List returns the objects whose keys start with prefix, sorted by key.
+func (s *Store) List(ctx context.Context, prefix string) ([]store.ObjectInfo, error) {
+	if err := store.CheckPrefix(prefix); err != nil {
+		return nil, err
+	}
+	var out []store.ObjectInfo
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: aws.String(s.prefix + prefix)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, s.objectErr("list", prefix, err)
+		}
+		for _, o := range page.Contents {
+			key := strings.TrimPrefix(aws.ToString(o.Key), s.prefix)
+			if strings.HasSuffix(key, "/") { // folder markers made by consoles
+				continue
+			}
+			out = append(out, store.ObjectInfo{Key: key, Size: aws.ToInt64(o.Size), ModTime: aws.ToTime(o.LastModified)})
+		}
+	}
+	// S3 sorts by UTF-8 bytes already; some compatible servers do not.
+	slices.SortFunc(out, func(a, b store.ObjectInfo) int { return strings.Compare(a.Key, b.Key) })
+	return out, nil
+}
+
+// Delete removes key; a missing key is not an error.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	k, err := s.key(key)
+	if err != nil {
+		return err
+	}
+	_, err = s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &k})
+	if err != nil {
+		if err = s.objectErr("delete", key, err); errors.Is(err, store.ErrNotExist) {
+			return nil // S3 itself says 204; some compatible servers say 404
+		}
+		return err
+	}
+	return nil
+}
+
+// AbortIncomplete aborts the multipart uploads under prefix that were started
+// more than olderThan ago; their parts are billed until someone does.
+func (s *Store) AbortIncomplete(ctx context.Context, prefix string, olderThan time.Duration) (int, error) {
+	uploads, err := s.incomplete(ctx, prefix)
+	if err != nil {
+		return 0, err
+	}
+	cutoff := time.Now().Add(-olderThan)
+	n := 0
+	for _, u := range uploads {
+		if !aws.ToTime(u.Initiated).Before(cutoff) {
+			continue
+		}
+		_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId})
+		if err != nil && !isNoSuchUpload(err) {
+			return n, s.objectErr("abort upload of", strings.TrimPrefix(aws.ToString(u.Key), s.prefix), err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// incomplete lists the multipart uploads in progress under prefix.
+func (s *Store) incomplete(ctx context.Context, prefix string) ([]types.MultipartUpload, error) {
+	if err := store.CheckPrefix(prefix); err != nil {
+		return nil, err
+	}
+	var out []types.MultipartUpload
+	p := s3.NewListMultipartUploadsPaginator(s.client, &s3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: aws.String(s.prefix + prefix)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if isNoSuchUpload(err) {
+			// gofakes3 answers this for a bucket that never had an upload.
+			break
+		}
+		if err != nil {
+			return nil, s.objectErr("list multipart uploads under", prefix, err)
+		}
+		out = append(out, page.Uploads...)
+	}
+	return out, nil
+}
+
+func isNoSuchUpload(err error) bool {
+	code, _ := errInfo(err)
+	return code == "NoSuchUpload"
+}
