@@ -1,0 +1,278 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdguard/etcdguard/internal/testharness"
+	"github.com/etcdguard/etcdguard/store"
+	"github.com/etcdguard/etcdguard/store/file"
+	s3store "github.com/etcdguard/etcdguard/store/s3"
+)
+
+// backend is a store under test plus a way to see what interrupted uploads left behind.
+type backend struct {
+	name     string
+	open     func(t *testing.T) (store.Store, func() []string)
+	rewriter func(t *testing.T, st store.Store, key string, mangle func([]byte) []byte)
+}
+
+func backends() []backend {
+	rewrite := func(t *testing.T, st store.Store, key string, mangle func([]byte) []byte) {
+		b, err := store.ReadAll(context.Background(), st, key, 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.PutBytes(context.Background(), st, key, mangle(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return []backend{
+		{name: "file", rewriter: rewrite, open: func(t *testing.T) (store.Store, func() []string) {
+			dir := t.TempDir()
+			st, err := file.Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Anything in the directory that is not a listed object is a leftover.
+			leftovers := func() []string {
+				var out []string
+				filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+					if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), ".") {
+						out = append(out, p)
+					}
+					return nil
+				})
+				return out
+			}
+			return st, leftovers
+		}},
+		{name: "s3", rewriter: rewrite, open: func(t *testing.T) (store.Store, func() []string) {
+			srv := testharness.StartFakeS3(t)
+			cli := srv.Client(t)
+			// 5 MiB parts, the S3 minimum, so a test DB spans several parts.
+			st := s3store.NewFromClient(cli, srv.Bucket, "backups", store.Options{PartSize: 5 << 20, Concurrency: 2})
+			return st, func() []string { return openUploads(t, cli, srv.Bucket) }
+		}},
+	}
+}
+
+func openUploads(t *testing.T, cli *s3.Client, bucket string) []string {
+	out, err := cli.ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String(bucket)})
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode() == "NoSuchUpload" {
+		return nil // gofakes3's answer when a bucket has no uploads
+	}
+	if err != nil {
+		t.Fatalf("listing multipart uploads: %v", err)
+	}
+	var keys []string
+	for _, u := range out.Uploads {
+		keys = append(keys, aws.ToString(u.Key))
+	}
+	return keys
+}
+
+// loadValues writes ~n MiB of incompressible-ish values so a snapshot spans several parts.
+func loadValues(t *testing.T, cli *clientv3.Client, mib int) {
+	t.Helper()
+	val := make([]byte, 64<<10)
+	for i := range mib * 16 {
+		for j := range val {
+			val[j] = byte(i*7 + j*j)
+		}
+		if _, err := cli.Put(context.Background(), "/registry/configmaps/default/cm-"+strings.Repeat("0", 3)+string(rune('a'+i%26))+"-"+time.Now().Format("150405.000000"), string(val)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func save(t *testing.T, cli *clientv3.Client, e *testharness.Etcd, st store.Store, compression string) *Manifest {
+	t.Helper()
+	m, err := Save(context.Background(), cli, st, SaveOptions{
+		Cluster: "c1", Endpoint: e.Endpoints[0], Compression: compression, Level: "fastest",
+	})
+	if err != nil {
+		t.Fatalf("save: %v", err)
+	}
+	return m
+}
+
+func TestSaveListVerify(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	put(t, cli, 3000, 0, "registry/pods")
+	loadValues(t, cli, 12)
+	want := fetchSnapshot(t, cli) // no writes follow, so the state is the same
+	wantStatus := etcdutlStatus(t, want)
+
+	for _, b := range backends() {
+		for _, compression := range Compressions {
+			t.Run(b.name+"/"+compression, func(t *testing.T) {
+				st, leftovers := b.open(t)
+				m := save(t, cli, e, st, compression)
+
+				if m.Revision != wantStatus.Revision || m.DBSize != int64(len(want)) {
+					t.Errorf("manifest revision %d size %d; etcdutl says revision %d, etcdctl's file is %d bytes",
+						m.Revision, m.DBSize, wantStatus.Revision, len(want))
+				}
+				if !strings.HasSuffix(m.Object, extension(compression)) || m.Cluster != "c1" || m.EtcdVersion == "" || m.ClusterID == "" {
+					t.Errorf("manifest fields: %+v", m)
+				}
+				info, err := st.Stat(context.Background(), m.Object)
+				if err != nil || info.Size != m.StoredSize {
+					t.Errorf("stored object %v, %v; manifest stored_size %d", info, err, m.StoredSize)
+				}
+
+				// Download and decompress: the raw snapshot has the manifest's sha256 and
+				// etcdutl reads the same revision and key count from it.
+				rc, err := st.Get(context.Background(), m.Object)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var raw bytes.Buffer
+				_, err = ReadVerified(context.Background(), rc, m, &raw)
+				rc.Close()
+				if err != nil {
+					t.Fatalf("read back: %v", err)
+				}
+				sum := sha256.Sum256(raw.Bytes())
+				if hex.EncodeToString(sum[:]) != m.SHA256 {
+					t.Errorf("downloaded sha256 %x, manifest %s", sum, m.SHA256)
+				}
+				got := etcdutlStatus(t, raw.Bytes())
+				if got.Revision != m.Revision || got.TotalKey != wantStatus.TotalKey {
+					t.Errorf("etcdutl on the download: revision %d keys %d; want %d, %d", got.Revision, got.TotalKey, m.Revision, wantStatus.TotalKey)
+				}
+
+				list, err := List(context.Background(), st, "c1")
+				if err != nil || len(list) != 1 || list[0].ID != m.ID {
+					t.Fatalf("list = %v, %v", list, err)
+				}
+				rep, err := Verify(context.Background(), st, m)
+				if err != nil || !rep.OK {
+					t.Fatalf("verify = %+v, %v", rep, err)
+				}
+				if l := leftovers(); len(l) > 0 {
+					t.Errorf("leftovers after a good save: %v", l)
+				}
+			})
+		}
+	}
+}
+
+func TestInterruptedSaveLeavesNothing(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	loadValues(t, cli, 24)
+
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			st, leftovers := b.open(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, err := Save(ctx, cli, st, SaveOptions{
+				Cluster: "c1", Endpoint: e.Endpoints[0], Compression: "none", Level: "default",
+				// Cancel halfway through, while parts are uploading.
+				Progress: func(n int64) {
+					if n > 12<<20 {
+						cancel()
+					}
+				},
+			})
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("save cancelled midway: err = %v, want context.Canceled", err)
+			}
+			if list, err := List(context.Background(), st, "c1"); err != nil || len(list) != 0 {
+				t.Errorf("list after an interrupted save = %v, %v; want nothing", list, err)
+			}
+			objs, err := st.List(context.Background(), "")
+			if err != nil || len(objs) != 0 {
+				t.Errorf("objects after an interrupted save: %v, %v", objs, err)
+			}
+			if l := leftovers(); len(l) > 0 {
+				t.Errorf("interrupted save left %v", l)
+			}
+		})
+	}
+}
+
+func TestVerifyDetectsCorruption(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	put(t, cli, 2000, 0, "registry/secrets")
+
+	cases := []struct {
+		name        string
+		compression string
+		mangle      func([]byte) []byte
+		manifest    func(*Manifest)
+		want        string
+	}{
+		{name: "flipped byte, zstd", compression: "zstd", mangle: func(b []byte) []byte { b[len(b)/2] ^= 0x10; return b }, want: "decompress"},
+		{name: "flipped byte, uncompressed", compression: "none", mangle: func(b []byte) []byte { b[len(b)/3] ^= 0x10; return b }, want: "trailer does not match"},
+		{name: "truncated, gzip", compression: "gzip", mangle: func(b []byte) []byte { return b[:len(b)-1000] }, want: "stored size"},
+		{name: "truncated, uncompressed", compression: "none", mangle: func(b []byte) []byte { return b[:len(b)-4096] }, want: "size"},
+		{name: "wrong manifest sha256", compression: "zstd", manifest: func(m *Manifest) { m.SHA256 = strings.Repeat("0", 64) }, want: "sha256"},
+		{name: "wrong manifest revision", compression: "zstd", manifest: func(m *Manifest) { m.Revision++ }, want: "revision"},
+	}
+	for _, b := range backends() {
+		for _, tc := range cases {
+			t.Run(b.name+"/"+tc.name, func(t *testing.T) {
+				st, _ := b.open(t)
+				m := save(t, cli, e, st, tc.compression)
+				if tc.mangle != nil {
+					b.rewriter(t, st, m.Object, tc.mangle)
+				}
+				if tc.manifest != nil {
+					tc.manifest(m)
+				}
+				rep, err := Verify(context.Background(), st, m)
+				if err != nil {
+					t.Fatalf("verify: %v", err)
+				}
+				if rep.OK || !strings.Contains(strings.Join(rep.Problems, "; "), tc.want) {
+					t.Fatalf("verify = ok %v problems %q; want a problem mentioning %q", rep.OK, rep.Problems, tc.want)
+				}
+			})
+		}
+	}
+}
+
+func TestFindUnknownIDNamesNearest(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	st, _ := backends()[0].open(t)
+	m := save(t, cli, e, st, "zstd")
+	_, err := Find(context.Background(), st, "c1", "20200101T000000Z-abcdef")
+	if !errors.Is(err, store.ErrNotExist) || !strings.Contains(err.Error(), m.ID) {
+		t.Fatalf("find unknown id: %v; want not-exist naming %s", err, m.ID)
+	}
+	got, err := Find(context.Background(), st, "c1", "latest")
+	if err != nil || got.ID != m.ID {
+		t.Fatalf("find latest = %v, %v", got, err)
+	}
+	if _, err := Find(context.Background(), st, "other", "latest"); !errors.Is(err, ErrNoSnapshots) {
+		t.Fatalf("find in empty cluster: %v", err)
+	}
+}
+
+func TestMain(m *testing.M) {
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	os.Exit(m.Run())
+}
