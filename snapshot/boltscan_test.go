@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/etcdutl/v3/snapshot"
 	"go.uber.org/zap"
 
 	"github.com/etcdguard/etcdguard/internal/testharness"
@@ -66,7 +66,7 @@ func TestScannerMatchesEtcd(t *testing.T) {
 	ctx := context.Background()
 	big := strings.Repeat("v", 100<<10) // values larger than a page: overflow pages
 	tests := []struct {
-		name     string
+		name string
 		// workload returns the revision it compacted at, if any.
 		workload func(t *testing.T, cli *clientv3.Client) (compacted int64)
 	}{

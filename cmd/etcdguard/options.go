@@ -220,4 +220,3 @@ func (g *globalOptions) clusterFor(clusterID uint64) string {
 	}
 	return fmt.Sprintf("%x", clusterID)
 }
-
