@@ -46,8 +46,11 @@ func main() {
 	os.Exit(code)
 }
 
-func newRootCommand() *cobra.Command {
-	g := &globalOptions{}
+func newRootCommand() *cobra.Command { return newRootCommandWith(&globalOptions{}) }
+
+// newRootCommandWith lets tests inspect the options the command line, environment and
+// config file produced.
+func newRootCommandWith(g *globalOptions) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "etcdguard",
 		Short:         "etcd snapshots to S3, guarded deletes and point-in-time restore",

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -201,8 +202,8 @@ func parseSize(s string) (int64, error) {
 			break
 		}
 	}
-	var n int64
-	if _, err := fmt.Sscan(num, &n); err != nil || n < 0 {
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
 		return 0, fmt.Errorf("%q is not a size like 16MiB", s)
 	}
 	return n * mult, nil

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestSettingPrecedence(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "etcdguard.yaml")
+	if err := os.WriteFile(cfg, []byte("endpoints: [https://cfg-1:2379, https://cfg-2:2379]\nstore: file:///from-config\ncluster: cfgcluster\nschedule-unknown-to-version: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	goodCfg := filepath.Join(t.TempDir(), "good.yaml")
+	if err := os.WriteFile(goodCfg, []byte("endpoints: [https://cfg-1:2379, https://cfg-2:2379]\nstore: file:///from-config\ncluster: cfgcluster\ns3-part-size: 32MiB\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		env       map[string]string
+		args      []string
+		endpoints []string
+		store     string
+		cluster   string
+		wantErr   string
+	}{
+		{name: "defaults", endpoints: []string{"127.0.0.1:2379"}},
+		{name: "config file", args: []string{"--config", goodCfg},
+			endpoints: []string{"https://cfg-1:2379", "https://cfg-2:2379"}, store: "file:///from-config", cluster: "cfgcluster"},
+		{name: "config file from env", env: map[string]string{"ETCDGUARD_CONFIG": goodCfg},
+			endpoints: []string{"https://cfg-1:2379", "https://cfg-2:2379"}, store: "file:///from-config", cluster: "cfgcluster"},
+		{name: "ETCDCTL beats config", args: []string{"--config", goodCfg}, env: map[string]string{"ETCDCTL_ENDPOINTS": "http://ctl:2379"},
+			endpoints: []string{"http://ctl:2379"}, store: "file:///from-config", cluster: "cfgcluster"},
+		{name: "ETCDGUARD beats ETCDCTL", env: map[string]string{"ETCDCTL_ENDPOINTS": "http://ctl:2379", "ETCDGUARD_ENDPOINTS": "http://g1:2379,http://g2:2379"},
+			endpoints: []string{"http://g1:2379", "http://g2:2379"}},
+		{name: "flag beats all", args: []string{"--config", goodCfg, "--endpoints", "http://flag:2379", "--cluster", "flagc"},
+			env:       map[string]string{"ETCDCTL_ENDPOINTS": "http://ctl:2379", "ETCDGUARD_ENDPOINTS": "http://g:2379", "ETCDGUARD_CLUSTER": "envc"},
+			endpoints: []string{"http://flag:2379"}, store: "file:///from-config", cluster: "flagc"},
+		{name: "ETCDCTL_ names only etcd flags", env: map[string]string{"ETCDCTL_STORE": "file:///nope", "ETCDGUARD_S3_ENDPOINT": "http://s3:9000"},
+			endpoints: []string{"127.0.0.1:2379"}},
+		{name: "unknown config key", args: []string{"--config", cfg}, wantErr: `unknown key "schedule-unknown-to-version"`},
+		{name: "missing config file", args: []string{"--config", "/nonexistent.yaml"}, wantErr: "reading config file"},
+		{name: "bad env value", env: map[string]string{"ETCDGUARD_DIAL_TIMEOUT": "soon"}, wantErr: "invalid ETCDGUARD_DIAL_TIMEOUT for --dial-timeout"},
+		{name: "bad output", args: []string{"-o", "yaml"}, wantErr: `unknown --output "yaml"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, k := range []string{"ETCDCTL_ENDPOINTS", "ETCDGUARD_ENDPOINTS", "ETCDGUARD_CONFIG", "ETCDGUARD_STORE", "ETCDGUARD_CLUSTER"} {
+				t.Setenv(k, "")
+				os.Unsetenv(k)
+			}
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			g := &globalOptions{stdout: io.Discard, stderr: io.Discard}
+			root := newRootCommandWith(g)
+			root.SetArgs(append(tc.args, "version"))
+			root.SetOut(io.Discard)
+			err := root.Execute()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(g.etcd.Endpoints, tc.endpoints) || g.storeURL != tc.store || g.cluster != tc.cluster {
+				t.Errorf("endpoints %q store %q cluster %q; want %q %q %q", g.etcd.Endpoints, g.storeURL, g.cluster, tc.endpoints, tc.store, tc.cluster)
+			}
+			if tc.name == "config file" && g.storeOpts.PartSize != 32<<20 {
+				t.Errorf("part size %d from config", g.storeOpts.PartSize)
+			}
+			if tc.name == "ETCDCTL_ names only etcd flags" && g.storeOpts.S3Endpoint != "http://s3:9000" {
+				t.Errorf("s3 endpoint %q from ETCDGUARD_S3_ENDPOINT", g.storeOpts.S3Endpoint)
+			}
+		})
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"16MiB": 16 << 20, "5M": 5 << 20, "1GiB": 1 << 30, "4096": 4096, "64KiB": 64 << 10} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "MiB", "-1", "1.5MiB", "lots"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
