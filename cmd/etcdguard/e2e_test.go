@@ -216,4 +216,3 @@ func TestE2EKilledSaveIsNeverListed(t *testing.T) {
 		t.Fatalf("list after the next save: %d snapshots", len(list))
 	}
 }
-

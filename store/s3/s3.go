@@ -10,11 +10,13 @@ import (
 	"net"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -140,33 +142,39 @@ func (s *Store) String() string {
 
 func (s *Store) endpoint() string {
 	if ep := s.client.Options().BaseEndpoint; ep != nil {
-		return *ep
+		return store.Redact(*ep)
 	}
 	return "AWS S3 in region " + s.client.Options().Region
 }
 
 // bucketErr explains why the bucket cannot be used, and what to do about it.
 func (s *Store) bucketErr(err error) error {
-	b := s.bucket
+	b := strconv.Quote(s.bucket)
 	switch code, status := errInfo(err); {
 	case code == "NoSuchBucket" || status == 404:
-		return fmt.Errorf("bucket %q at %s: %w: create it with: aws s3 mb s3://%s", b, s.endpoint(), store.ErrBucketNotExist, b)
+		return fmt.Errorf("bucket %s at %s: %w: create it with: aws s3 mb s3://%s", b, s.endpoint(), store.ErrBucketNotExist, s.bucket)
 	case status == 403 || code == "AccessDenied" || code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch":
-		return fmt.Errorf("bucket %q at %s: %w (%s): check the AWS credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role) and that their IAM policy allows s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and s3:AbortMultipartUpload on it",
-			b, s.endpoint(), store.ErrAccessDenied, code)
+		if code != "" && code != "Forbidden" && code != "AccessDenied" {
+			b += " (" + code + ")"
+		}
+		return fmt.Errorf("bucket %s at %s: %w: check the AWS credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role) and that their IAM policy allows s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and s3:AbortMultipartUpload on it",
+			b, s.endpoint(), store.ErrAccessDenied)
 	case status == 301 || code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed":
-		return fmt.Errorf("bucket %q is not in region %s: set --s3-region to the bucket's region: %w", b, s.client.Options().Region, err)
+		return fmt.Errorf("bucket %s is not in region %s: set --s3-region to the bucket's region: %w", b, s.client.Options().Region, err)
 	}
-	var dnsErr *net.DNSError
+	var (
+		dnsErr  *net.DNSError
+		signErr *v4.SigningError
+	)
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Errorf("cannot connect to S3 endpoint %s (connection refused): check --s3-endpoint and that the server is running: %w", s.endpoint(), err)
 	case errors.As(err, &dnsErr):
 		return fmt.Errorf("cannot resolve S3 endpoint %s: check --s3-endpoint / --s3-region: %w", s.endpoint(), err)
-	case strings.Contains(err.Error(), "failed to retrieve credentials"):
-		return fmt.Errorf("no AWS credentials found for bucket %q: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or give the node an IAM role: %w", b, err)
+	case errors.As(err, &signErr): // it cannot sign without credentials
+		return fmt.Errorf("no AWS credentials found for bucket %s: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or give the node an IAM role: %w", b, err)
 	}
-	return fmt.Errorf("check bucket %q at %s: %w", b, s.endpoint(), err)
+	return fmt.Errorf("check bucket %s at %s: %w", b, s.endpoint(), err)
 }
 
 // errInfo returns the S3 error code and HTTP status of err, if it has them.
@@ -188,7 +196,7 @@ func (s *Store) objectErr(op, key string, err error) error {
 	code, status := errInfo(err)
 	switch {
 	case code == "NoSuchKey" || code == "NotFound" || (status == 404 && code != "NoSuchBucket"):
-		err = fmt.Errorf("%w (%w)", store.ErrNotExist, err)
+		err = store.ErrNotExist // the SDK's request ids would only be noise here
 	case code == "NoSuchBucket":
 		err = fmt.Errorf("%w: create it with: aws s3 mb s3://%s (%w)", store.ErrBucketNotExist, s.bucket, err)
 	case status == 403:

@@ -246,7 +246,10 @@ type recorder struct {
 
 func (rc *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	op := r.Method + " object"
+	op := r.Method + " bucket"
+	if strings.Count(strings.Trim(r.URL.Path, "/"), "/") > 0 {
+		op = r.Method + " object"
+	}
 	switch {
 	case q.Has("uploads"):
 		op = "CreateMultipartUpload"

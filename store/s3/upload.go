@@ -117,11 +117,21 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 		mu.Unlock()
 		cancel() // stop the other parts and the reader
 	}
+	// Parts in flight are limited by sem, buffers by pool: concurrency parts
+	// upload while the next one is read.
+	sem := make(chan struct{}, s.concurrency)
 	pool := newBufPool(s.concurrency+1, int(s.partSize))
 	pool.left-- // first is one of them
-	upload := func(num int32, buf []byte) {
+	upload := func(num int32, buf []byte) bool {
+		select {
+		case sem <- struct{}{}:
+		case <-uctx.Done():
+			pool.put(buf[:cap(buf)])
+			return false
+		}
 		wg.Go(func() {
 			defer pool.put(buf[:cap(buf)])
+			defer func() { <-sem }()
 			in := &s3.UploadPartInput{Bucket: &s.bucket, Key: &k, UploadId: uploadID, PartNumber: aws.Int32(num),
 				Body: bytes.NewReader(buf), ContentLength: aws.Int64(int64(len(buf))), ChecksumAlgorithm: algo}
 			out, err := s.client.UploadPart(uctx, in)
@@ -133,6 +143,7 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 			parts = append(parts, types.CompletedPart{PartNumber: aws.Int32(num), ETag: out.ETag, ChecksumCRC32: out.ChecksumCRC32})
 			mu.Unlock()
 		})
+		return true
 	}
 	buf, n, rerr := first, len(first), error(nil)
 	for num := int32(1); ; num++ {
@@ -145,8 +156,10 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 			fail(fmt.Errorf("the stream is longer than S3's limit of %d parts of %d bytes: raise the part size", s.maxParts, s.partSize))
 			break
 		}
+		if !upload(num, buf[:n]) {
+			break
+		}
 		total += int64(n)
-		upload(num, buf[:n])
 		if rerr != nil { // io.EOF: that was the last part
 			break
 		}
