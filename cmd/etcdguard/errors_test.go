@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdguard/etcdguard/internal/testharness"
+)
+
+// Bad input gets one line that says what happened and what to do, a non-zero exit, and
+// leaves nothing behind; secrets never appear.
+func TestCLIErrors(t *testing.T) {
+	const secret = "S3cr3t-Passw0rd"
+	e := testharness.StartEtcd(t)
+	authed := testharness.StartEtcd(t)
+	enableAuth(t, authed.Client(t), secret)
+	fake := testharness.StartFakeS3(t)
+	storeDir := t.TempDir()
+	fileStore := "file://" + storeDir
+
+	// One good snapshot, for the unknown-id case.
+	ok := run(t, []string{"ETCDGUARD_ENDPOINTS=" + e.Endpoints[0], "ETCDGUARD_STORE=" + fileStore, "ETCDGUARD_CLUSTER=c1"}, "snapshot", "save")
+	if ok.code != 0 {
+		t.Fatalf("save: %s", ok.stderr)
+	}
+
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		want []string // substrings of the error line
+	}{
+		{name: "unreachable etcd", args: []string{"snapshot", "save", "--endpoints", "127.0.0.1:1", "--dial-timeout", "500ms", "--store", fileStore},
+			want: []string{"127.0.0.1:1", "unreachable within 500ms", "connection refused", "check --endpoints"}},
+		{name: "wrong password", env: []string{"ETCDCTL_USER=root", "ETCDCTL_PASSWORD=wrong-" + secret},
+			args: []string{"snapshot", "save", "--endpoints", authed.Endpoints[0], "--store", fileStore},
+			want: []string{"refused the credentials of user \"root\"", "check --user and --password"}},
+		{name: "auth required", args: []string{"snapshot", "save", "--endpoints", authed.Endpoints[0], "--store", fileStore},
+			want: []string{authed.Endpoints[0]}},
+		{name: "malformed store URL", args: []string{"snapshot", "list", "--store", "s3//bucket"},
+			want: []string{"malformed --store", "s3://BUCKET"}},
+		{name: "unknown store scheme", args: []string{"snapshot", "list", "--store", "gs://bucket"},
+			want: []string{`unsupported --store scheme "gs"`}},
+		{name: "no store", args: []string{"snapshot", "list"}, want: []string{"no store given", "--store"}},
+		{name: "missing bucket", env: fake.Env(), args: []string{"snapshot", "list", "--store", "s3://no-such-bucket"},
+			want: []string{"no-such-bucket", "does not exist", "create it"}},
+		{name: "unknown snapshot id", args: []string{"snapshot", "verify", "20200101T000000Z-000000", "--store", fileStore},
+			want: []string{"not found in cluster c1", "nearest:", "etcdguard snapshot list"}},
+		{name: "unknown flag, etcdctl habit", args: []string{"snapshot", "save", "-r"},
+			want: []string{"unknown shorthand flag: 'r'", "etcdguard snapshot save --help"}},
+		{name: "bad compression", args: []string{"snapshot", "save", "--compression", "lz4", "--endpoints", e.Endpoints[0], "--store", fileStore},
+			want: []string{`unknown --compression "lz4"`, "zstd, gzip or none"}},
+		{name: "verify needs an id", args: []string{"snapshot", "verify"}, want: []string{"accepts 1 arg"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := tree(t, storeDir)
+			r := run(t, tc.env, tc.args...)
+			if r.code == 0 {
+				t.Fatalf("exit 0, want failure; stdout %q", r.stdout)
+			}
+			line := r.errorLine(t)
+			for _, w := range tc.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("error line %q does not mention %q", line, w)
+				}
+			}
+			if strings.Contains(r.stdout+r.stderr, secret) {
+				t.Errorf("the password appears in the output: %q", r.stderr)
+			}
+			if after := tree(t, storeDir); after != before {
+				t.Errorf("the store changed:\n%s\nbecame\n%s", before, after)
+			}
+		})
+	}
+}
+
+func TestPasswordFlagWarns(t *testing.T) {
+	r := run(t, nil, "snapshot", "list", "--password", "hunter2", "--store", "file://"+t.TempDir())
+	if !strings.Contains(r.stderr, "visible in process listings") || strings.Contains(r.stderr, "hunter2") {
+		t.Errorf("stderr %q: want a warning without the password", r.stderr)
+	}
+}
+
+func enableAuth(t *testing.T, cli *clientv3.Client, password string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := cli.UserAdd(ctx, "root", password); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tree lists every file under dir, hidden ones included, so a test sees any leftover.
+func tree(t *testing.T, dir string) string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		out = append(out, strings.TrimPrefix(p, dir))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(out, "\n")
+}
