@@ -43,6 +43,7 @@ build etcd ./internal/tools/etcd go.mod go.sum internal/tools/etcd/*.go
 build etcdctl go.etcd.io/etcd/etcdctl/v3 go.mod go.sum
 build etcdutl go.etcd.io/etcd/etcdutl/v3 go.mod go.sum
 build loadgen ./internal/tools/loadgen go.mod go.sum internal/loadgen/*.go internal/tools/loadgen/*.go
+build runstat ./internal/tools/runstat go.mod internal/tools/runstat/*.go
 
 # versitygw does not come from our go.mod, so it is keyed on its version,
 # which go records in the binary; rebuilding it takes about two minutes.

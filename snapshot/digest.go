@@ -46,25 +46,25 @@ func (t *trailerSplitter) Write(p []byte) (int, error) {
 // digest checks a raw etcd snapshot as it streams through: its size and sha256 (trailer
 // included, so they equal an `etcdctl snapshot save` file), etcd's trailer, and the
 // revision inside.
+//
+// One sha256 pass serves both sums: the body's sum is taken at the end, and then the
+// trailer is added to the same state for the whole stream's sum.
 type digest struct {
 	size  int64
-	full  hash.Hash
 	body  hash.Hash
 	split *trailerSplitter
 	scan  *boltScanner
-	w     io.Writer
 }
 
 func newDigest() *digest {
-	d := &digest{full: sha256.New(), body: sha256.New(), scan: newBoltScanner()}
+	d := &digest{body: sha256.New(), scan: newBoltScanner()}
 	d.split = &trailerSplitter{body: io.MultiWriter(d.body, d.scan)}
-	d.w = io.MultiWriter(d.full, d.split)
 	return d
 }
 
 func (d *digest) Write(p []byte) (int, error) {
 	d.size += int64(len(p))
-	return d.w.Write(p)
+	return d.split.Write(p)
 }
 
 // digestResult is what a complete stream proved about itself.
@@ -76,11 +76,13 @@ type digestResult struct {
 
 // finish checks the trailer and the bbolt structure once the stream has ended.
 func (d *digest) finish() (digestResult, error) {
-	r := digestResult{Size: d.size, SHA256: hex.EncodeToString(d.full.Sum(nil))}
+	bodySum := d.body.Sum(nil)
+	d.body.Write(d.split.tail)
+	r := digestResult{Size: d.size, SHA256: hex.EncodeToString(d.body.Sum(nil))}
 	if len(d.split.tail) < trailerSize {
 		return r, fmt.Errorf("snapshot is only %d bytes, too short to be an etcd snapshot", d.size)
 	}
-	if !bytes.Equal(d.body.Sum(nil), d.split.tail) {
+	if !bytes.Equal(bodySum, d.split.tail) {
 		return r, ErrTrailerMismatch
 	}
 	sr, err := d.scan.result()

@@ -73,6 +73,19 @@ func (s *Store) path(key string) (string, error) {
 	return filepath.Join(s.dir, filepath.FromSlash(key)), nil
 }
 
+// checkRoot fails if the store's directory has gone since Open, as when a
+// volume is unmounted: writing into the bare mount point, or reporting "no
+// snapshots" from it, would hide that.
+func (s *Store) checkRoot() error {
+	if _, err := os.Stat(s.dir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("store directory %s: %w: is the volume mounted? create it with mkdir -p %s", s.dir, store.ErrBucketNotExist, s.dir)
+		}
+		return err
+	}
+	return nil
+}
+
 func isTemp(name string) bool {
 	return strings.HasPrefix(name, ".") && strings.Contains(name, tmpMarker)
 }
@@ -83,6 +96,9 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (n int64, err 
 	p, err := s.path(key)
 	if err != nil {
 		return 0, err
+	}
+	if err := s.checkRoot(); err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
 	}
 	dir := filepath.Dir(p)
 	_, statErr := os.Stat(dir)
@@ -243,7 +259,7 @@ func (s *Store) walk(ctx context.Context, prefix string, fn func(key string, d f
 	err := filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if p == start && errors.Is(err, fs.ErrNotExist) {
-				return fs.SkipAll
+				return s.checkRoot()
 			}
 			return err
 		}

@@ -132,3 +132,23 @@ func TestDiskFullMessage(t *testing.T) {
 		t.Errorf("diskErr = %v", err)
 	}
 }
+
+func TestRootRemovedAfterOpen(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mnt", "backups")
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.PutBytes(t.Context(), s, "c/k", []byte("v")); !errors.Is(err, store.ErrBucketNotExist) {
+		t.Errorf("Put = %v, want ErrBucketNotExist", err)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("Put recreated %s", dir)
+	}
+	if _, err := s.List(t.Context(), "c/"); !errors.Is(err, store.ErrBucketNotExist) {
+		t.Errorf("List = %v, want ErrBucketNotExist", err)
+	}
+}

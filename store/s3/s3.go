@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -59,7 +58,7 @@ type Store struct {
 	opts        store.Options
 	partSize    int64
 	concurrency int
-	maxParts    int // maxParts; tests lower it
+	maxParts    int // S3's limit; tests lower it
 }
 
 var _ store.Store = (*Store)(nil)
@@ -88,6 +87,12 @@ func open(ctx context.Context, bucket, prefix string, opts store.Options, loadOp
 	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	// The SDK would report missing credentials as a failed HeadBucket.
+	if cfg.Credentials != nil {
+		if _, err := cfg.Credentials.Retrieve(ctx); err != nil {
+			return nil, fmt.Errorf("no AWS credentials for bucket %q: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the node an IAM role: %w", bucket, err)
+		}
 	}
 	if opts.S3Region != "" {
 		cfg.Region = opts.S3Region
@@ -154,25 +159,21 @@ func (s *Store) bucketErr(err error) error {
 	case code == "NoSuchBucket" || status == 404:
 		return fmt.Errorf("bucket %s at %s: %w: create it with: aws s3 mb s3://%s", b, s.endpoint(), store.ErrBucketNotExist, s.bucket)
 	case status == 403 || code == "AccessDenied" || code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch":
+		detail := "" // InvalidAccessKeyId and SignatureDoesNotMatch say which half is wrong
 		if code != "" && code != "Forbidden" && code != "AccessDenied" {
-			b += " (" + code + ")"
+			detail = " (" + code + ")"
 		}
-		return fmt.Errorf("bucket %s at %s: %w: check the AWS credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role) and that their IAM policy allows s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and s3:AbortMultipartUpload on it",
-			b, s.endpoint(), store.ErrAccessDenied)
+		return fmt.Errorf("bucket %s at %s: %w%s: check the AWS credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role) and that their IAM policy allows s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and s3:AbortMultipartUpload on it",
+			b, s.endpoint(), store.ErrAccessDenied, detail)
 	case status == 301 || code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed":
 		return fmt.Errorf("bucket %s is not in region %s: set --s3-region to the bucket's region: %w", b, s.client.Options().Region, err)
 	}
-	var (
-		dnsErr  *net.DNSError
-		signErr *v4.SigningError
-	)
+	var dnsErr *net.DNSError
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Errorf("cannot connect to S3 endpoint %s (connection refused): check --s3-endpoint and that the server is running: %w", s.endpoint(), err)
 	case errors.As(err, &dnsErr):
 		return fmt.Errorf("cannot resolve S3 endpoint %s: check --s3-endpoint / --s3-region: %w", s.endpoint(), err)
-	case errors.As(err, &signErr): // it cannot sign without credentials
-		return fmt.Errorf("no AWS credentials found for bucket %s: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or give the node an IAM role: %w", b, err)
 	}
 	return fmt.Errorf("check bucket %s at %s: %w", b, s.endpoint(), err)
 }

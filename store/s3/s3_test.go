@@ -149,6 +149,17 @@ func TestOpenConnectionRefused(t *testing.T) {
 	}
 }
 
+func TestOpenWithoutCredentials(t *testing.T) {
+	srv := testharness.StartFakeS3(t)
+	none := aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+		return aws.Credentials{}, errors.New("no EC2 IMDS role found")
+	})
+	_, err := open(t.Context(), srv.Bucket, "", srv.Options(), config.WithCredentialsProvider(none))
+	if err == nil || !strings.Contains(err.Error(), "no AWS credentials for bucket") {
+		t.Errorf("open without credentials = %v, want an error saying how to provide them", err)
+	}
+}
+
 func TestOpenValidatesOptions(t *testing.T) {
 	for _, opts := range []store.Options{
 		{PartSize: 1 << 20},

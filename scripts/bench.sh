@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# make bench: on one generated etcd DB, in one run, compare
+#   etcdctl snapshot save to local disk            (the baseline)
+#   etcdguard snapshot save to the file:// store
+#   etcdguard snapshot save to a local S3 server   (versitygw)
+#   naive: etcdctl snapshot save + zstd + upload   (what a cron script does)
+# and print wall times, ratios and peak RSS. BENCH_DB_SIZE=1GiB for the large run,
+# BENCH_RUNS=N repetitions (best wall time, worst RSS are reported).
+set -euo pipefail
+
+size="${BENCH_DB_SIZE:-256MiB}"
+runs="${BENCH_RUNS:-2}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="$root/bin"
+work="$root/build/bench"
+rm -rf "$work"
+mkdir -p "$work"
+
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 20000))
+		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+	done
+}
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work/etcd" "$work/s3" "$work"/*.db "$work"/*.zst "$work/store"
+}
+trap cleanup EXIT
+
+cport=$(free_port); pport=$(free_port); s3port=$(free_port)
+endpoint="http://127.0.0.1:$cport"
+"$bin/etcd" --name bench --data-dir "$work/etcd" --quota-backend-bytes $((16 << 30)) \
+	--listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
+	--listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+	--initial-cluster "bench=http://127.0.0.1:$pport" --log-level error >"$work/etcd.log" 2>&1 &
+pids+=($!)
+
+ak="bench$RANDOM"; sk="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export ROOT_ACCESS_KEY="$ak" ROOT_SECRET_KEY="$sk" # versitygw reads these, so they stay out of ps
+mkdir -p "$work/s3"
+"$bin/versitygw" --port "127.0.0.1:$s3port" posix "$work/s3" >"$work/versitygw.log" 2>&1 &
+pids+=($!)
+export AWS_ACCESS_KEY_ID="$ak" AWS_SECRET_ACCESS_KEY="$sk" AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+s3url="http://127.0.0.1:$s3port"
+curlcfg="$work/curl.cfg"
+printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:us-east-1:s3"\nsilent\nshow-error\nfail\n' "$ak" "$sk" >"$curlcfg"
+
+ready=
+for _ in $(seq 150); do
+	if "$bin/etcdctl" --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && curl -K "$curlcfg" -o /dev/null "$s3url" 2>/dev/null; then
+		ready=1
+		break
+	fi
+	sleep 0.2
+done
+[[ -n "$ready" ]] || { echo "etcd or versitygw did not start; logs in $work" >&2; tail -5 "$work/etcd.log" "$work/versitygw.log" >&2; exit 1; }
+curl -K "$curlcfg" -X PUT "$s3url/bench" >/dev/null
+
+echo "loading $size into etcd..."
+"$bin/loadgen" -endpoints "$endpoint" -size "$size" -value-size 4KiB
+"$bin/etcdctl" --endpoints "$endpoint" endpoint status -w table
+
+export ETCDGUARD_ENDPOINTS="$endpoint" ETCDGUARD_CLUSTER=bench ETCDGUARD_LOG_LEVEL=warn
+export ETCDGUARD_S3_ENDPOINT="$s3url" ETCDGUARD_S3_PATH_STYLE=true
+
+# measure NAME CMD...: run CMD $runs times; keep the best wall time and the worst RSS.
+declare -A wall rss
+measure() {
+	local name="$1" i w r
+	shift
+	for i in $(seq "$runs"); do
+		"$bin/runstat" "$work/stat" -- "$@" >/dev/null
+		read -r w r _ <"$work/stat"
+		if [[ -z "${wall[$name]:-}" ]] || awk "BEGIN{exit !($w < ${wall[$name]})}"; then wall[$name]=$w; fi
+		if [[ -z "${rss[$name]:-}" ]] || ((r > ${rss[$name]})); then rss[$name]=$r; fi
+		rm -f "$work"/*.db "$work"/*.zst
+	done
+}
+naive() {
+	"$bin/etcdctl" --endpoints "$endpoint" snapshot save "$work/naive.db" >/dev/null 2>&1
+	zstd -q -T0 "$work/naive.db" -o "$work/naive.db.zst"
+	curl -K "$curlcfg" -T "$work/naive.db.zst" "$s3url/bench/naive/naive.db.zst"
+}
+
+measure "etcdctl snapshot save (disk)" "$bin/etcdctl" --endpoints "$endpoint" snapshot save "$work/etcdctl.db"
+measure "etcdguard -> file, zstd" "$bin/etcdguard" snapshot save --store "file://$work/store"
+measure "etcdguard -> S3, zstd" "$bin/etcdguard" snapshot save --store s3://bench/etcd
+measure "etcdguard -> S3, none" "$bin/etcdguard" snapshot save --store s3://bench/etcd --compression none
+measure "etcdguard -> S3, zstd fastest" "$bin/etcdguard" snapshot save --store s3://bench/etcd --level fastest
+if command -v zstd >/dev/null; then
+	export -f naive
+	export bin endpoint work curlcfg s3url
+	measure "naive: etcdctl + zstd + upload" bash -c naive
+else
+	echo "zstd not installed (apt-get install zstd): skipping the naive pipeline"
+fi
+
+dbsize=$("$bin/etcdguard" snapshot list --store s3://bench/etcd -o json | sed -n 's/.*"db_size": \([0-9]*\).*/\1/p' | head -1)
+base=${wall["etcdctl snapshot save (disk)"]}
+printf '\nDB %s (%d MiB raw), %s run(s) each, 2 cores; S3 part size 16 MiB, concurrency 2\n' "$size" $((dbsize >> 20)) "$runs"
+printf '%-34s %9s %9s %10s %12s\n' "pipeline" "wall s" "MiB/s" "x etcdctl" "peak RSS MiB"
+for name in "etcdctl snapshot save (disk)" "etcdguard -> file, zstd" "etcdguard -> S3, zstd" "etcdguard -> S3, none" \
+	"etcdguard -> S3, zstd fastest" "naive: etcdctl + zstd + upload"; do
+	[[ -n "${wall[$name]:-}" ]] || continue
+	awk -v n="$name" -v w="${wall[$name]}" -v b="$base" -v r="${rss[$name]}" -v s="$dbsize" \
+		'BEGIN{printf "%-34s %9.2f %9.1f %10.2f %12.1f\n", n, w, s/1048576/w, w/b, r/1024}'
+done
