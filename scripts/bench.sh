@@ -47,17 +47,17 @@ pids+=($!)
 export AWS_ACCESS_KEY_ID="$ak" AWS_SECRET_ACCESS_KEY="$sk" AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 s3url="http://127.0.0.1:$s3port"
 curlcfg="$work/curl.cfg"
-printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:us-east-1:s3"\nsilent\nshow-error\nfail\n' "$ak" "$sk" >"$curlcfg"
+printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:us-east-1:s3"\nheader = "x-amz-content-sha256: UNSIGNED-PAYLOAD"\nsilent\nshow-error\nfail\n' "$ak" "$sk" >"$curlcfg"
 
 ready=
 for _ in $(seq 150); do
-	if "$bin/etcdctl" --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && curl -K "$curlcfg" -o /dev/null "$s3url" 2>/dev/null; then
+	if "$bin/etcdctl" --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && curl -s -o /dev/null "$s3url"; then
 		ready=1
 		break
 	fi
 	sleep 0.2
 done
-[[ -n "$ready" ]] || { echo "etcd or versitygw did not start; logs in $work" >&2; tail -5 "$work/etcd.log" "$work/versitygw.log" >&2; exit 1; }
+[[ -n "$ready" ]] || { echo "etcd or versitygw did not start; logs in $work" >&2; tail -n 5 "$work/etcd.log" "$work/versitygw.log" >&2; exit 1; }
 curl -K "$curlcfg" -X PUT "$s3url/bench" >/dev/null
 
 echo "loading $size into etcd..."

@@ -117,3 +117,40 @@ func tree(t *testing.T, dir string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// etcd in Kubernetes always speaks TLS with client certificates: the etcdctl flags work,
+// and each mistake is named.
+func TestTLS(t *testing.T) {
+	pki := testharness.GenerateTLS(t)
+	e := testharness.StartEtcd(t, testharness.WithClientTLS(pki))
+	other := testharness.GenerateTLS(t) // a CA that did not sign etcd's certificate
+	store := "file://" + t.TempDir()
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		want string // empty: success
+	}{
+		{name: "etcdctl env names", env: []string{"ETCDCTL_CACERT=" + pki.CACert, "ETCDCTL_CERT=" + pki.ClientCert, "ETCDCTL_KEY=" + pki.ClientKey}},
+		{name: "flags", args: []string{"--cacert", pki.CACert, "--cert", pki.ClientCert, "--key", pki.ClientKey}},
+		{name: "wrong CA", args: []string{"--cacert", other.CACert, "--cert", pki.ClientCert, "--key", pki.ClientKey}, want: "TLS handshake failed (tls: failed to verify certificate: x509: certificate signed by unknown authority"},
+		{name: "no client certificate", args: []string{"--cacert", pki.CACert}, want: "check --cacert, --cert and --key"},
+		{name: "cert without key", args: []string{"--cacert", pki.CACert, "--cert", pki.ClientCert}, want: "--cert and --key must be given together"},
+		{name: "missing CA file", args: []string{"--cacert", "/nonexistent/ca.crt", "--cert", pki.ClientCert, "--key", pki.ClientKey}, want: "loading TLS files"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"snapshot", "save", "--endpoints", e.Endpoints[0], "--store", store, "--dial-timeout", "2s"}, tc.args...)
+			r := run(t, tc.env, args...)
+			if tc.want == "" {
+				if r.code != 0 {
+					t.Fatalf("save over TLS failed: %s", r.stderr)
+				}
+				return
+			}
+			if line := r.errorLine(t); r.code == 0 || !strings.Contains(line, tc.want) {
+				t.Fatalf("exit %d, error %q; want it to mention %q", r.code, line, tc.want)
+			}
+		})
+	}
+}

@@ -29,7 +29,7 @@ func newSnapshotSaveCommand(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&o.compression, "compression", "zstd", "zstd, gzip or none")
-	cmd.Flags().StringVar(&o.level, "level", "default", "compression level: fastest, default or better")
+	cmd.Flags().StringVar(&o.level, "level", "fastest", "compression level: fastest, default or better (fastest: on etcd data about 2% larger than default at nearly twice the speed, and less CPU on a control-plane node)")
 	cmd.Flags().DurationVar(&o.staleUploadAge, "stale-upload-age", time.Hour, "first abort this cluster's interrupted uploads older than this (0: never)")
 	return cmd
 }

@@ -108,22 +108,22 @@ func connect(ctx context.Context, c Config, endpoints []string) (*clientv3.Clien
 	ep := endpoints[0]
 	cli, err := clientv3.New(cc)
 	if err != nil {
-		return nil, nil, describe(ep, cc.Username, c.DialTimeout, err)
+		return nil, nil, describe(ep, cc, c.DialTimeout, err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, c.DialTimeout)
 	defer cancel()
 	st, err := cli.Status(sctx, ep)
 	if err != nil {
 		cli.Close()
-		return nil, nil, describe(ep, cc.Username, c.DialTimeout, err)
+		return nil, nil, describe(ep, cc, c.DialTimeout, err)
 	}
 	return cli, st, nil
 }
 
 // describe turns a client error into one line that says what to do. It never includes
 // the password.
-func describe(ep, user string, timeout time.Duration, err error) error {
-	msg := err.Error()
+func describe(ep string, cc clientv3.Config, timeout time.Duration, err error) error {
+	msg, user := err.Error(), cc.Username
 	switch {
 	case errors.Is(err, rpctypes.ErrAuthFailed) || strings.Contains(msg, "authentication failed"):
 		return fmt.Errorf("etcd %s refused the credentials of user %q: check --user and --password (or ETCDCTL_USER/ETCDCTL_PASSWORD): %w", ep, user, err)
@@ -132,14 +132,14 @@ func describe(ep, user string, timeout time.Duration, err error) error {
 	case strings.Contains(msg, "certificate") || strings.Contains(msg, "tls:") || strings.Contains(msg, "x509"):
 		return fmt.Errorf("etcd %s: TLS handshake failed: check --cacert, --cert and --key: %w", ep, err)
 	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "context deadline exceeded"):
-		return fmt.Errorf("etcd %s unreachable within %s (%s): check --endpoints and that etcd is running", ep, timeout, probe(ep, timeout))
+		return fmt.Errorf("etcd %s unreachable within %s: %s", ep, timeout, probe(ep, cc.TLS, timeout))
 	}
 	return fmt.Errorf("etcd %s: %w", ep, err)
 }
 
-// probe says why an endpoint does not answer (connection refused, no route, ...), which
-// grpc's deadline error hides.
-func probe(ep string, timeout time.Duration) string {
+// probe says why an endpoint does not answer (connection refused, a TLS problem, ...),
+// which grpc's deadline error hides.
+func probe(ep string, tlsCfg *tls.Config, timeout time.Duration) string {
 	host := ep
 	if u, err := url.Parse(ep); err == nil && u.Host != "" {
 		host = u.Host
@@ -148,10 +148,33 @@ func probe(ep string, timeout time.Duration) string {
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) {
-			return op.Err.Error()
+			err = op.Err
 		}
-		return err.Error()
+		return err.Error() + ": check --endpoints and that etcd is running"
 	}
-	conn.Close()
-	return "it accepts connections but does not answer etcd requests"
+	defer conn.Close()
+	if tlsCfg == nil {
+		return "it accepts connections but does not answer etcd requests; if it serves TLS, use https:// endpoints with --cacert, --cert and --key"
+	}
+	cfg := tlsCfg.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(host)
+	}
+	tc := tls.Client(conn, cfg)
+	tc.SetDeadline(time.Now().Add(timeout))
+	err = tc.Handshake()
+	if err == nil {
+		// With TLS 1.3 the server refuses a missing client certificate after the
+		// handshake, so read briefly to receive that alert.
+		tc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		_, err = tc.Read(make([]byte, 1))
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			err = nil
+		}
+	}
+	if err != nil {
+		return "TLS handshake failed (" + err.Error() + "): check --cacert, --cert and --key"
+	}
+	return "TLS works but it does not answer etcd requests: check that it is an etcd client URL"
 }

@@ -140,11 +140,10 @@ func (s *S3Server) startVersityGW(t testing.TB, bin, root string) error {
 	l.Close()
 
 	var out syncBuffer
-	// Keys go in flags, not the environment, and the child gets no environment
-	// of ours, so stray VGW_* or ROOT_* variables cannot change its behaviour.
-	cmd := exec.Command(bin, "--access", s.AccessKey, "--secret", s.SecretKey, "--region", s.Region,
-		"--port", addr, "--quiet", "posix", root)
-	cmd.Env = []string{"HOME=" + root}
+	// Keys go in the environment, not flags, so they never show in process listings;
+	// the child gets no environment of ours, so stray VGW_* variables cannot change it.
+	cmd := exec.Command(bin, "--region", s.Region, "--port", addr, "--quiet", "posix", root)
+	cmd.Env = []string{"HOME=" + root, "ROOT_ACCESS_KEY_ID=" + s.AccessKey, "ROOT_SECRET_ACCESS_KEY=" + s.SecretKey}
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		return err

@@ -190,22 +190,20 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 	return total, nil
 }
 
-// readFirst reads up to size bytes, growing its buffer as data arrives, so
-// that the many small objects (manifests, plans, audit events) do not each
-// cost a whole part buffer. It returns io.EOF if the stream ended.
+// readFirst reads the first part. Small objects (manifests, plans, audit events) only
+// cost a small buffer; once the stream outgrows it, a whole part buffer is allocated once,
+// so a large stream leaves no trail of growing buffers for the GC. It returns io.EOF if
+// the stream ended.
 func readFirst(ctx context.Context, r io.Reader, size int) ([]byte, error) {
-	buf := make([]byte, min(64<<10, size))
-	n := 0
-	for {
-		m, err := readPart(ctx, r, buf[n:])
-		n += m
-		if err != nil || n == size {
-			return buf[:n], err
-		}
-		bigger := make([]byte, min(2*len(buf), size))
-		copy(bigger, buf[:n])
-		buf = bigger
+	small := make([]byte, min(64<<10, size))
+	n, err := readPart(ctx, r, small)
+	if err != nil || n == size {
+		return small[:n], err
 	}
+	buf := make([]byte, size)
+	copy(buf, small)
+	m, err := readPart(ctx, r, buf[n:])
+	return buf[:n+m], err
 }
 
 // readPart fills buf from r, checking ctx between reads because r (an etcd

@@ -46,6 +46,14 @@ func main() {
 	defer cli.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	// Writes block while the client keeps reconnecting, so fail fast here
+	// rather than hang when etcd is not there.
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = cli.Get(pctx, "health", clientv3.WithCountOnly())
+	pcancel()
+	if err != nil {
+		fatal(fmt.Errorf("cannot reach etcd at %s: %w", *endpoints, err))
+	}
 	st, err := loadgen.LoadK8sKeyspace(ctx, cli, o)
 	if err != nil {
 		fatal(fmt.Errorf("after %d keys: %w", st.Keys, err))
