@@ -146,7 +146,7 @@ func StartEtcdProc(t testing.TB, cfg ProcConfig) *EtcdProc {
 	t.Helper()
 	p := newProc(t, cfg)
 	if err := p.start(); err != nil {
-		t.Fatalf("start etcd %s: %v\n%s", p.Name, err, tail(p.LogPath))
+		t.Fatalf("start etcd %s: %v", p.Name, err) // the cleanup prints the log tail
 	}
 	return p
 }
@@ -199,6 +199,7 @@ func (p *EtcdProc) start() error {
 		"--unsafe-no-fsync",
 	}
 	cmd := exec.Command(p.Binary, append(args, p.ExtraArgs...)...)
+	cmd.SysProcAttr = killWithParent()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -308,7 +309,7 @@ func (p *EtcdProc) Restart(t testing.TB) {
 	t.Helper()
 	p.Stop()
 	if err := p.start(); err != nil {
-		t.Fatalf("restart etcd %s: %v\n%s", p.Name, err, tail(p.LogPath))
+		t.Fatalf("restart etcd %s: %v", p.Name, err)
 	}
 }
 

@@ -143,6 +143,7 @@ func (s *S3Server) startVersityGW(t testing.TB, bin, root string) error {
 	// Keys go in the environment, not flags, so they never show in process listings;
 	// the child gets no environment of ours, so stray VGW_* variables cannot change it.
 	cmd := exec.Command(bin, "--region", s.Region, "--port", addr, "--quiet", "posix", root)
+	cmd.SysProcAttr = killWithParent()
 	cmd.Env = []string{"HOME=" + root, "ROOT_ACCESS_KEY_ID=" + s.AccessKey, "ROOT_SECRET_ACCESS_KEY=" + s.SecretKey}
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
