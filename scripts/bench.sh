@@ -68,14 +68,14 @@ export ETCDGUARD_ENDPOINTS="$endpoint" ETCDGUARD_CLUSTER=bench ETCDGUARD_LOG_LEV
 export ETCDGUARD_S3_ENDPOINT="$s3url" ETCDGUARD_S3_PATH_STYLE=true
 
 # measure NAME CMD...: run CMD $runs times; keep the best wall time and the worst RSS.
-declare -A wall rss
+declare -A wall rss cpu
 measure() {
-	local name="$1" i w r
+	local name="$1" i w r c
 	shift
 	for i in $(seq "$runs"); do
 		"$bin/runstat" "$work/stat" -- "$@" >/dev/null
-		read -r w r _ <"$work/stat"
-		if [[ -z "${wall[$name]:-}" ]] || awk "BEGIN{exit !($w < ${wall[$name]})}"; then wall[$name]=$w; fi
+		read -r w r _ c <"$work/stat"
+		if [[ -z "${wall[$name]:-}" ]] || awk "BEGIN{exit !($w < ${wall[$name]})}"; then wall[$name]=$w cpu[$name]=$c; fi
 		if [[ -z "${rss[$name]:-}" ]] || ((r > ${rss[$name]})); then rss[$name]=$r; fi
 		rm -f "$work"/*.db "$work"/*.zst
 	done
@@ -88,9 +88,10 @@ naive() {
 
 measure "etcdctl snapshot save (disk)" "$bin/etcdctl" --endpoints "$endpoint" snapshot save "$work/etcdctl.db"
 measure "etcdguard -> file, zstd" "$bin/etcdguard" snapshot save --store "file://$work/store"
+measure "etcdguard -> file, none" "$bin/etcdguard" snapshot save --store "file://$work/store" --compression none
 measure "etcdguard -> S3, zstd" "$bin/etcdguard" snapshot save --store s3://bench/etcd
 measure "etcdguard -> S3, none" "$bin/etcdguard" snapshot save --store s3://bench/etcd --compression none
-measure "etcdguard -> S3, zstd fastest" "$bin/etcdguard" snapshot save --store s3://bench/etcd --level fastest
+measure "etcdguard -> S3, zstd default" "$bin/etcdguard" snapshot save --store s3://bench/etcd --level default
 if command -v zstd >/dev/null; then
 	export -f naive
 	export bin endpoint work curlcfg s3url
@@ -102,10 +103,11 @@ fi
 dbsize=$("$bin/etcdguard" snapshot list --store s3://bench/etcd -o json | sed -n 's/.*"db_size": \([0-9]*\).*/\1/p' | head -1)
 base=${wall["etcdctl snapshot save (disk)"]}
 printf '\nDB %s (%d MiB raw), %s run(s) each, 2 cores; S3 part size 16 MiB, concurrency 2\n' "$size" $((dbsize >> 20)) "$runs"
-printf '%-34s %9s %9s %10s %12s\n' "pipeline" "wall s" "MiB/s" "x etcdctl" "peak RSS MiB"
-for name in "etcdctl snapshot save (disk)" "etcdguard -> file, zstd" "etcdguard -> S3, zstd" "etcdguard -> S3, none" \
-	"etcdguard -> S3, zstd fastest" "naive: etcdctl + zstd + upload"; do
+printf '%-34s %8s %8s %10s %13s %13s\n' "pipeline (client process)" "wall s" "MiB/s" "x etcdctl" "peak RSS MiB" "client CPU s"
+for name in "etcdctl snapshot save (disk)" "etcdguard -> file, zstd" "etcdguard -> file, none" "etcdguard -> S3, zstd" \
+	"etcdguard -> S3, none" "etcdguard -> S3, zstd default" "naive: etcdctl + zstd + upload"; do
 	[[ -n "${wall[$name]:-}" ]] || continue
-	awk -v n="$name" -v w="${wall[$name]}" -v b="$base" -v r="${rss[$name]}" -v s="$dbsize" \
-		'BEGIN{printf "%-34s %9.2f %9.1f %10.2f %12.1f\n", n, w, s/1048576/w, w/b, r/1024}'
+	awk -v n="$name" -v w="${wall[$name]}" -v b="$base" -v r="${rss[$name]}" -v s="$dbsize" -v c="${cpu[$name]}" \
+		'BEGIN{printf "%-34s %8.2f %8.1f %10.2f %13.1f %13.2f\n", n, w, s/1048576/w, w/b, r/1024, c}'
 done
+echo "(zstd is --level fastest, etcdguard's default; etcd and versitygw run on the same 2 cores)"

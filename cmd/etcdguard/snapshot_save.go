@@ -35,6 +35,7 @@ func newSnapshotSaveCommand(g *globalOptions) *cobra.Command {
 }
 
 func runSnapshotSave(ctx context.Context, g *globalOptions, o *saveOptions) error {
+	g.limitMemory()
 	st, err := g.openStore(ctx)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"slices"
@@ -21,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 
 	"github.com/etcdguard/etcdguard/store"
 )
@@ -84,7 +86,12 @@ func open(ctx context.Context, bucket, prefix string, opts store.Options, loadOp
 	if opts.S3KMSKeyID != "" && !strings.HasPrefix(opts.S3SSE, "aws:kms") {
 		return nil, errors.New("--s3-kms-key-id needs --s3-sse aws:kms")
 	}
-	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	// The SDK's own warnings (an IMDS fallback off EC2, retries) go to slog at debug
+	// level: the error we return already says what matters, on one line.
+	sdkLog := logging.LoggerFunc(func(_ logging.Classification, format string, v ...any) {
+		slog.Debug(fmt.Sprintf(format, v...), "component", "aws-sdk")
+	})
+	cfg, err := config.LoadDefaultConfig(ctx, append([]func(*config.LoadOptions) error{config.WithLogger(sdkLog)}, loadOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
 	}

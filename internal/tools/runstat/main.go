@@ -30,12 +30,15 @@ func main() {
 		}
 	}
 	var rssKiB int64
+	var cpu time.Duration
 	if cmd.ProcessState != nil {
 		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 			rssKiB = ru.Maxrss // kilobytes on Linux
 		}
+		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
-	line := fmt.Sprintf("%.3f %d %d\n", wall.Seconds(), rssKiB, code)
+	// wall seconds, peak RSS KiB, exit code, CPU seconds (user+system, children included)
+	line := fmt.Sprintf("%.3f %d %d %.3f\n", wall.Seconds(), rssKiB, code, cpu.Seconds())
 	if err := os.WriteFile(os.Args[1], []byte(line), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, "runstat:", err)
 		os.Exit(2)
