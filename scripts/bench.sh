@@ -16,28 +16,19 @@ work="$root/build/bench"
 rm -rf "$work"
 mkdir -p "$work"
 
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 20000))
-		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-	done
-}
+# shellcheck source=scripts/lib.sh
+source "$root/scripts/lib.sh"
 pids=()
 cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}" ${etcd_pid:-}; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$work/etcd" "$work/s3" "$work"/*.db "$work"/*.zst "$work/store"
 }
 trap cleanup EXIT
 
-cport=$(free_port); pport=$(free_port); s3port=$(free_port)
-endpoint="http://127.0.0.1:$cport"
-"$bin/etcd" --name bench --data-dir "$work/etcd" --quota-backend-bytes $((16 << 30)) \
-	--listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
-	--listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-	--initial-cluster "bench=http://127.0.0.1:$pport" --log-level error >"$work/etcd.log" 2>&1 &
-pids+=($!)
+start_etcd "$work/etcd" "$work/etcd.log" --quota-backend-bytes $((16 << 30))
+endpoint="$etcd_endpoint"
+s3port=$(free_port)
 
 ak="bench$RANDOM"; sk="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export ROOT_ACCESS_KEY="$ak" ROOT_SECRET_KEY="$sk" # versitygw reads these, so they stay out of ps
@@ -51,13 +42,13 @@ printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:us-east-1:s3"\nheader = "x-amz-cont
 
 ready=
 for _ in $(seq 150); do
-	if "$bin/etcdctl" --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && curl -s -o /dev/null "$s3url"; then
+	if curl -s -o /dev/null "$s3url"; then
 		ready=1
 		break
 	fi
 	sleep 0.2
 done
-[[ -n "$ready" ]] || { echo "etcd or versitygw did not start; logs in $work" >&2; tail -n 5 "$work/etcd.log" "$work/versitygw.log" >&2; exit 1; }
+[[ -n "$ready" ]] || { echo "versitygw did not start:" >&2; tail -n 5 "$work/versitygw.log" >&2; exit 1; }
 curl -K "$curlcfg" -X PUT "$s3url/bench" >/dev/null
 
 echo "loading $size into etcd..."

@@ -10,17 +10,8 @@ demo="$root/build/demo"
 rm -rf "$demo"
 mkdir -p "$demo"
 
-# free_port prints a loopback port nothing listens on.
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 20000))
-		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-	done
-}
-client_port=$(free_port)
-peer_port=$(free_port)
-endpoint="http://127.0.0.1:$client_port"
+# shellcheck source=scripts/lib.sh
+source "$root/scripts/lib.sh"
 store="file://$demo/store"
 
 etcd_pid=
@@ -35,17 +26,10 @@ trap cleanup EXIT
 step() { printf '\n==> %s\n' "$*"; }
 run() { printf '$ %s\n' "$*" | sed "s#$root/##g"; "$@"; }
 
-step "starting etcd $("$bin/etcd" --version | head -1 | awk '{print $3}') on $endpoint (data in build/demo/etcd)"
-"$bin/etcd" --name demo --data-dir "$demo/etcd" \
-	--listen-client-urls "$endpoint" --advertise-client-urls "$endpoint" \
-	--listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-	--initial-cluster "demo=http://127.0.0.1:$peer_port" --log-level error >"$demo/etcd.log" 2>&1 &
-etcd_pid=$!
-for _ in $(seq 100); do
-	"$bin/etcdctl" --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && break
-	kill -0 "$etcd_pid" 2>/dev/null || { cat "$demo/etcd.log"; exit 1; }
-	sleep 0.1
-done
+step "starting etcd $("$bin/etcd" --version | head -1 | awk '{print $3}') on loopback (data in build/demo/etcd)"
+start_etcd "$demo/etcd" "$demo/etcd.log"
+endpoint="$etcd_endpoint"
+echo "etcd is serving at $endpoint"
 
 step "loading a Kubernetes-shaped keyspace"
 run "$bin/loadgen" -endpoints "$endpoint" -keys 5000

@@ -5,6 +5,8 @@ import (
 	"io"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/etcdguard/etcdguard/internal/loadgen"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/store/file"
@@ -13,13 +15,19 @@ import (
 // benchDB is a real etcd snapshot of a Kubernetes-shaped keyspace, made once.
 var benchDB []byte
 
+// loadedEtcd is an etcd holding 64 MiB of a Kubernetes-shaped keyspace.
+func loadedEtcd(b *testing.B) (*testharness.Etcd, *clientv3.Client) {
+	e := testharness.StartEtcd(b)
+	cli := e.Client(b)
+	if _, err := loadgen.LoadK8sKeyspace(context.Background(), cli, loadgen.Options{TargetBytes: 64 << 20, ValueSize: 4096}); err != nil {
+		b.Fatal(err)
+	}
+	return e, cli
+}
+
 func loadBenchDB(b *testing.B) []byte {
 	if benchDB == nil {
-		e := testharness.StartEtcd(b)
-		cli := e.Client(b)
-		if _, err := loadgen.LoadK8sKeyspace(context.Background(), cli, loadgen.Options{TargetBytes: 64 << 20, ValueSize: 4096}); err != nil {
-			b.Fatal(err)
-		}
+		_, cli := loadedEtcd(b)
 		rc, err := cli.Snapshot(context.Background())
 		if err != nil {
 			b.Fatal(err)
@@ -76,11 +84,7 @@ func BenchmarkCompress(b *testing.B) {
 
 // BenchmarkSaveToFile is the whole pipeline from a live etcd into the file store.
 func BenchmarkSaveToFile(b *testing.B) {
-	e := testharness.StartEtcd(b)
-	cli := e.Client(b)
-	if _, err := loadgen.LoadK8sKeyspace(context.Background(), cli, loadgen.Options{TargetBytes: 64 << 20, ValueSize: 4096}); err != nil {
-		b.Fatal(err)
-	}
+	e, cli := loadedEtcd(b)
 	st, err := file.Open(b.TempDir())
 	if err != nil {
 		b.Fatal(err)

@@ -48,17 +48,19 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (int64, error)
 	return s.putMultipart(ctx, key, k, r, first)
 }
 
+// objectSettings are the --s3-sse, --s3-kms-key-id and --s3-storage-class of new objects;
+// empty values leave the bucket's defaults.
+func (s *Store) objectSettings() (types.ServerSideEncryption, *string, types.StorageClass) {
+	var kms *string
+	if s.opts.S3KMSKeyID != "" {
+		kms = &s.opts.S3KMSKeyID
+	}
+	return types.ServerSideEncryption(s.opts.S3SSE), kms, types.StorageClass(s.opts.S3StorageClass)
+}
+
 func (s *Store) putSingle(ctx context.Context, key, k string, b []byte) (int64, error) {
 	in := &s3.PutObjectInput{Bucket: &s.bucket, Key: &k, Body: bytes.NewReader(b), ContentLength: aws.Int64(int64(len(b)))}
-	if s.opts.S3SSE != "" {
-		in.ServerSideEncryption = types.ServerSideEncryption(s.opts.S3SSE)
-	}
-	if s.opts.S3KMSKeyID != "" {
-		in.SSEKMSKeyId = &s.opts.S3KMSKeyID
-	}
-	if s.opts.S3StorageClass != "" {
-		in.StorageClass = types.StorageClass(s.opts.S3StorageClass)
-	}
+	in.ServerSideEncryption, in.SSEKMSKeyId, in.StorageClass = s.objectSettings()
 	if _, err := s.client.PutObject(ctx, in); err != nil {
 		return 0, s.objectErr("put", key, err)
 	}
@@ -67,15 +69,7 @@ func (s *Store) putSingle(ctx context.Context, key, k string, b []byte) (int64, 
 
 func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, first []byte) (total int64, err error) {
 	in := &s3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &k}
-	if s.opts.S3SSE != "" {
-		in.ServerSideEncryption = types.ServerSideEncryption(s.opts.S3SSE)
-	}
-	if s.opts.S3KMSKeyID != "" {
-		in.SSEKMSKeyId = &s.opts.S3KMSKeyID
-	}
-	if s.opts.S3StorageClass != "" {
-		in.StorageClass = types.StorageClass(s.opts.S3StorageClass)
-	}
+	in.ServerSideEncryption, in.SSEKMSKeyId, in.StorageClass = s.objectSettings()
 	// S3 refuses part checksums that the upload was not created with, and the
 	// SDK sends CRC32s unless told "when_required" (for servers that lack them).
 	var algo types.ChecksumAlgorithm
