@@ -107,7 +107,14 @@ func List(ctx context.Context, st store.Store, cluster string) ([]*Manifest, err
 		}
 		out = append(out, m)
 	}
-	slices.SortFunc(out, func(a, b *Manifest) int { return strings.Compare(b.ID, a.ID) })
+	// Newest first by start time: ids have one-second resolution, so two snapshots in
+	// the same second would otherwise be ordered by their random suffix.
+	slices.SortFunc(out, func(a, b *Manifest) int {
+		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
 	return out, nil
 }
 
@@ -144,8 +151,9 @@ func Find(ctx context.Context, st store.Store, cluster, id string) (*Manifest, e
 func nearest(all []*Manifest, id string, n int) []string {
 	ids := make([]string, len(all))
 	for i, m := range all {
-		ids[len(all)-1-i] = m.ID // ascending
+		ids[i] = m.ID
 	}
+	slices.Sort(ids)
 	i, _ := slices.BinarySearch(ids, id)
 	lo, hi := max(0, i-n/2-1), min(len(ids), i+n/2+1)
 	for hi-lo > n {

@@ -210,23 +210,21 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// limitMemory keeps a streaming command's memory near what it really holds. Almost all
-// that a save allocates besides its part buffers is garbage at once (every 32 KiB grpc
-// message of the snapshot stream); with Go's default GOGC=100 the heap grows to twice the
-// part buffers before it is collected. A lower GOGC costs little CPU here because the live
-// heap is a few large pointer-free buffers, and the soft limit of 64 MiB plus the part
-// buffers is the budget the benchmark holds us to. GOGC and GOMEMLIMIT still win.
+// limitMemory caps a streaming command's memory at the budget the benchmark holds us to,
+// 64 MiB plus the upload's part buffers, unless GOMEMLIMIT is set. Almost all that a save
+// allocates besides its part buffers is garbage at once (every 32 KiB grpc message of the
+// snapshot stream), and with only GOGC the heap would grow to twice the part buffers before
+// a collection. The soft limit covers the Go runtime's memory; 32 MiB of the budget is
+// left for the binary's own pages, which count in RSS but not in that limit.
 func (g *globalOptions) limitMemory() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(20)
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
 	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		parts := g.storeOpts.PartSize
-		if parts == 0 {
-			parts = 16 << 20
-		}
-		debug.SetMemoryLimit(64<<20 + int64(g.storeOpts.Concurrency+1)*parts)
+	parts := g.storeOpts.PartSize
+	if parts == 0 {
+		parts = 16 << 20
 	}
+	debug.SetMemoryLimit(32<<20 + int64(g.storeOpts.Concurrency+1)*parts)
 }
 
 // openStore opens --store.

@@ -1,0 +1,325 @@
+// Package restore writes fresh etcd members' data dirs from a stored snapshot: pick a
+// snapshot (id, latest, time or revision), download and verify it completely, then let
+// etcd's own restore library write each member into a temp dir beside its target and
+// rename it into place. Nothing appears at a target path unless the whole restore worked.
+package restore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	etcdutl "go.etcd.io/etcd/etcdutl/v3/snapshot"
+	"go.uber.org/zap"
+
+	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store"
+)
+
+// Options configures Restore.
+type Options struct {
+	Members        []Member // from MemberPlan.Members
+	InitialCluster string
+	Token          string // --initial-cluster-token; NewToken() if empty
+	// BumpRevision and MarkCompacted go together (etcdutl requires the pair): the restored
+	// revision jumps ahead and everything before it reads as compacted, so Kubernetes
+	// watchers and caches never see revisions go back in time.
+	BumpRevision  uint64
+	MarkCompacted bool
+}
+
+// Result is what was restored; its JSON form is `restore -o json`.
+type Result struct {
+	Snapshot       *snapshot.Manifest `json:"snapshot"`
+	Revision       int64              `json:"revision"` // what the restored members start at
+	KeyCount       int                `json:"key_count"`
+	InitialCluster string             `json:"initial_cluster"`
+	Token          string             `json:"initial_cluster_token"`
+	Members        []MemberResult     `json:"members"`
+}
+
+// MemberResult is one written member and how to start it.
+type MemberResult struct {
+	Member
+	Command []string `json:"etcd_command"`
+}
+
+// walSegment is what etcd preallocates for its first WAL file in every member.
+const walSegment = 64 << 20
+
+// Restore downloads and verifies the snapshot m, then writes every member's data dir.
+func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Options) (res *Result, err error) {
+	if len(opts.Members) == 0 {
+		return nil, errors.New("no members to restore")
+	}
+	if (opts.BumpRevision > 0) != opts.MarkCompacted {
+		return nil, errors.New("--bump-revision and --mark-compacted go together: give both (etcd's restore requires the pair)")
+	}
+	if opts.Token == "" {
+		opts.Token = NewToken()
+	}
+	if err := checkTargets(opts.Members); err != nil {
+		return nil, err
+	}
+
+	// Everything this restore creates is recorded, and removed again on any failure.
+	var created []string
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(created) - 1; i >= 0; i-- {
+			if rerr := os.RemoveAll(created[i]); rerr != nil {
+				slog.Warn("could not remove what a failed restore wrote", "path", created[i], "err", rerr)
+			}
+		}
+	}()
+	for _, mem := range opts.Members {
+		for _, dir := range []string{mem.DataDir, mem.WALDir} {
+			if dir == "" {
+				continue
+			}
+			top, err := mkdirParents(dir)
+			if err != nil {
+				return nil, err
+			}
+			if top != "" {
+				created = append(created, top)
+			}
+		}
+	}
+	if err := checkSpace(opts.Members, m.DBSize); err != nil {
+		return nil, err
+	}
+
+	// The raw snapshot goes next to the first member, on the disk that must hold it anyway.
+	dbPath := tempName(opts.Members[0].DataDir) + ".db"
+	created = append(created, dbPath)
+	if err := download(ctx, st, m, dbPath); err != nil {
+		return nil, err
+	}
+	status, err := etcdutl.NewV3(zap.NewNop()).Status(dbPath)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s passed its checksums but bbolt rejects it: %w", m.ID, err)
+	}
+	res = &Result{Snapshot: m, Revision: m.Revision, KeyCount: status.TotalKey, InitialCluster: opts.InitialCluster, Token: opts.Token}
+	if opts.BumpRevision > 0 {
+		res.Revision = status.Revision + int64(opts.BumpRevision)
+	}
+
+	for _, mem := range opts.Members {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		tmpData := tempName(mem.DataDir)
+		created = append(created, tmpData)
+		var tmpWAL string
+		if mem.WALDir != "" {
+			tmpWAL = tempName(mem.WALDir)
+			created = append(created, tmpWAL)
+		}
+		err := etcdutl.NewV3(zap.NewNop()).Restore(etcdutl.RestoreConfig{
+			SnapshotPath:        dbPath,
+			Name:                mem.Name,
+			OutputDataDir:       tmpData,
+			OutputWALDir:        tmpWAL,
+			PeerURLs:            mem.PeerURLs,
+			InitialCluster:      opts.InitialCluster,
+			InitialClusterToken: opts.Token,
+			RevisionBump:        opts.BumpRevision,
+			MarkCompacted:       opts.MarkCompacted,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("restoring member %s: %w", mem.Name, diskError(err, m.DBSize+walSegment))
+		}
+		if err := moveIntoPlace(tmpData, mem.DataDir); err != nil {
+			return nil, err
+		}
+		created = append(created, mem.DataDir)
+		if tmpWAL != "" {
+			if err := moveIntoPlace(tmpWAL, mem.WALDir); err != nil {
+				return nil, err
+			}
+			created = append(created, mem.WALDir)
+		}
+		slog.InfoContext(ctx, "member restored", "member", mem.Name, "data_dir", mem.DataDir, "snapshot", m.ID)
+		res.Members = append(res.Members, MemberResult{Member: mem, Command: startCommand(mem, opts)})
+	}
+	if err := os.Remove(dbPath); err != nil {
+		slog.Warn("could not remove the downloaded snapshot", "path", dbPath, "err", err)
+	}
+	return res, nil
+}
+
+// download writes the raw snapshot to path and checks all of it (size, sha256, etcd's
+// trailer, revision) before anything else happens.
+func download(ctx context.Context, st store.Store, m *snapshot.Manifest, path string) error {
+	rc, err := st.Get(ctx, m.Object)
+	if errors.Is(err, store.ErrNotExist) {
+		return fmt.Errorf("snapshot %s: its object %s does not exist although its manifest does; restore another snapshot (`etcdguard snapshot list`)", m.ID, m.Object)
+	}
+	if err != nil {
+		return fmt.Errorf("downloading snapshot %s: %w", m.Object, err)
+	}
+	defer rc.Close()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", path, err)
+	}
+	defer f.Close()
+	if _, err := snapshot.ReadVerified(ctx, rc, m, f); err != nil {
+		var corrupt *snapshot.CorruptError
+		if errors.As(err, &corrupt) {
+			return err
+		}
+		return fmt.Errorf("downloading snapshot %s to %s: %w", m.ID, path, diskError(err, m.DBSize))
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, diskError(err, m.DBSize))
+	}
+	return f.Close()
+}
+
+// checkTargets refuses data and WAL dirs that exist and are not empty: a restore never
+// overwrites a member's data.
+func checkTargets(members []Member) error {
+	seen := map[string]string{}
+	for _, mem := range members {
+		for _, dir := range []string{mem.DataDir, mem.WALDir} {
+			if dir == "" {
+				continue
+			}
+			abs, _ := filepath.Abs(dir)
+			if other, dup := seen[abs]; dup {
+				return fmt.Errorf("members %s and %s would both be written to %s", other, mem.Name, dir)
+			}
+			seen[abs] = mem.Name
+			entries, err := os.ReadDir(dir)
+			switch {
+			case errors.Is(err, os.ErrNotExist):
+			case err != nil:
+				return fmt.Errorf("checking target %s: %w", dir, err)
+			case len(entries) > 0:
+				return fmt.Errorf("%s exists and is not empty: a restore never overwrites data; move it aside (mv %s %s.old) or choose another --data-dir", dir, dir, dir)
+			}
+		}
+	}
+	return nil
+}
+
+// checkSpace fails early, saying how much is needed, if a filesystem cannot hold what the
+// restore writes to it: the raw snapshot once, and per member its db plus a WAL segment.
+func checkSpace(members []Member, dbSize int64) error {
+	type fs struct {
+		dir        string
+		free, need int64
+	}
+	byDev := map[[2]int32]*fs{}
+	for i, mem := range members {
+		need := dbSize + walSegment
+		if i == 0 {
+			need += dbSize // the downloaded snapshot
+		}
+		parent := filepath.Dir(filepath.Clean(mem.DataDir))
+		var sfs syscall.Statfs_t
+		if err := syscall.Statfs(parent, &sfs); err != nil {
+			return fmt.Errorf("checking free space in %s: %w", parent, err)
+		}
+		key := sfs.Fsid.X__val
+		f, ok := byDev[key]
+		if !ok {
+			f = &fs{dir: parent, free: int64(sfs.Bavail) * sfs.Bsize}
+			byDev[key] = f
+		}
+		f.need += need
+	}
+	for _, f := range byDev {
+		if f.free < f.need {
+			return fmt.Errorf("not enough disk space in %s: %s free, the restore needs about %s; free some space or restore elsewhere",
+				f.dir, mib(f.free), mib(f.need))
+		}
+	}
+	return nil
+}
+
+// diskError turns ENOSPC into advice.
+func diskError(err error, need int64) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("disk full (%w): the restore needs about %s per member; free space or restore elsewhere", err, mib(need))
+	}
+	return err
+}
+
+func mib(n int64) string { return fmt.Sprintf("%d MiB", (n+1<<20-1)>>20) }
+
+// mkdirParents creates dir's missing parents and returns the topmost one it created
+// ("" if none), so a failed restore can remove exactly what it made.
+func mkdirParents(dir string) (string, error) {
+	parent := filepath.Dir(filepath.Clean(dir))
+	top := ""
+	for p := parent; ; p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil {
+			break
+		}
+		top = p
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return "", fmt.Errorf("creating %s: %w", parent, err)
+	}
+	return top, nil
+}
+
+// tempName is a hidden sibling of target, on the same filesystem so the final rename is atomic.
+func tempName(target string) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	target = filepath.Clean(target)
+	return filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".etcdguard-"+hex.EncodeToString(b[:]))
+}
+
+// moveIntoPlace renames a finished dir to its target; an empty target dir is replaced.
+func moveIntoPlace(tmp, target string) error {
+	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("replacing empty %s: %w", target, err)
+	}
+	if err := os.Rename(tmp, target); err != nil {
+		return fmt.Errorf("moving the restored member into %s: %w", target, err)
+	}
+	return syncDir(filepath.Dir(target))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// startCommand is the etcd command line for a restored member's first start. The data
+// dir already holds the membership, so these flags must match it; client URLs and TLS
+// flags stay as the member had them.
+func startCommand(mem Member, opts Options) []string {
+	urls := strings.Join(mem.PeerURLs, ",")
+	cmd := []string{"etcd", "--name", mem.Name, "--data-dir", mem.DataDir}
+	if mem.WALDir != "" {
+		cmd = append(cmd, "--wal-dir", mem.WALDir)
+	}
+	return append(cmd,
+		"--initial-cluster", opts.InitialCluster,
+		"--initial-cluster-token", opts.Token,
+		"--initial-cluster-state", "new",
+		"--initial-advertise-peer-urls", urls,
+		"--listen-peer-urls", urls)
+}

@@ -1,0 +1,303 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdguard/etcdguard/internal/testharness"
+	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store"
+	"github.com/etcdguard/etcdguard/store/file"
+)
+
+func TestMain(m *testing.M) {
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	os.Exit(m.Run())
+}
+
+// fixture is an etcd with three snapshots of it in a file store, at different revisions.
+type fixture struct {
+	st    store.Store
+	snaps []*snapshot.Manifest // oldest first
+	cli   *clientv3.Client
+}
+
+func newFixture(t *testing.T, n int) *fixture {
+	t.Helper()
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	st, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{st: st, cli: cli}
+	for i := range n {
+		for j := range 50 {
+			if _, err := cli.Put(context.Background(), fmt.Sprintf("/registry/pods/ns%d/p%d", i, j), strings.Repeat("x", 100*j)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m, err := snapshot.Save(context.Background(), cli, st, snapshot.SaveOptions{
+			Cluster: "c1", Endpoint: e.Endpoints[0], Compression: "zstd", Level: "fastest",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.snaps = append(f.snaps, m)
+		time.Sleep(20 * time.Millisecond) // distinct created_at
+	}
+	return f
+}
+
+func TestSelect(t *testing.T) {
+	f := newFixture(t, 3)
+	s0, s1, s2 := f.snaps[0], f.snaps[1], f.snaps[2]
+	tests := []struct {
+		name    string
+		sel     Selector
+		want    *snapshot.Manifest
+		wantErr string
+	}{
+		{name: "id", sel: Selector{ID: s1.ID}, want: s1},
+		{name: "latest", sel: Selector{ID: "latest"}, want: s2},
+		{name: "at the exact start of one", sel: Selector{At: s1.CreatedAt}, want: s1},
+		{name: "between two", sel: Selector{At: s1.CreatedAt.Add(5 * time.Millisecond)}, want: s1},
+		{name: "after the last", sel: Selector{At: time.Now().Add(time.Hour)}, want: s2},
+		{name: "revision exactly", sel: Selector{Revision: s1.Revision}, want: s1},
+		{name: "revision between", sel: Selector{Revision: s1.Revision + 1}, want: s1},
+		{name: "revision beyond", sel: Selector{Revision: s2.Revision + 1000}, want: s2},
+		{name: "at before the first", sel: Selector{At: s0.CreatedAt.Add(-time.Second)}, wantErr: "the first is " + s0.ID},
+		{name: "revision below the oldest", sel: Selector{Revision: s0.Revision - 1}, wantErr: "the oldest, " + s0.ID},
+		{name: "unknown id", sel: Selector{ID: "20200101T000000Z-aaaaaa"}, wantErr: "nearest: " + s0.ID},
+		{name: "two selectors", sel: Selector{ID: "latest", Revision: 3}, wantErr: "exactly one of"},
+		{name: "none", sel: Selector{}, wantErr: "exactly one of"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Select(context.Background(), f.st, "c1", tc.sel)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got.ID != tc.want.ID {
+				t.Fatalf("Select = %v, %v; want %s", got, err, tc.want.ID)
+			}
+		})
+	}
+}
+
+func TestMemberPlan(t *testing.T) {
+	const ic = "m1=http://127.0.0.1:2380,m2=http://127.0.0.2:2380,m3=http://127.0.0.3:2380"
+	tests := []struct {
+		name    string
+		plan    MemberPlan
+		want    []Member
+		wantErr string
+	}{
+		{name: "all members under a parent", plan: MemberPlan{InitialCluster: ic, AllMembers: true, DataDir: "/r"}, want: []Member{
+			{Name: "m1", PeerURLs: []string{"http://127.0.0.1:2380"}, DataDir: "/r/m1.etcd"},
+			{Name: "m2", PeerURLs: []string{"http://127.0.0.2:2380"}, DataDir: "/r/m2.etcd"},
+			{Name: "m3", PeerURLs: []string{"http://127.0.0.3:2380"}, DataDir: "/r/m3.etcd"}}},
+		{name: "all members by template", plan: MemberPlan{InitialCluster: ic, AllMembers: true, DataDirTemplate: "/var/lib/{name}/etcd"}, want: []Member{
+			{Name: "m1", PeerURLs: []string{"http://127.0.0.1:2380"}, DataDir: "/var/lib/m1/etcd"},
+			{Name: "m2", PeerURLs: []string{"http://127.0.0.2:2380"}, DataDir: "/var/lib/m2/etcd"},
+			{Name: "m3", PeerURLs: []string{"http://127.0.0.3:2380"}, DataDir: "/var/lib/m3/etcd"}}},
+		{name: "one member", plan: MemberPlan{InitialCluster: ic, Name: "m2", DataDir: "/d", WALDir: "/w"}, want: []Member{
+			{Name: "m2", PeerURLs: []string{"http://127.0.0.2:2380"}, DataDir: "/d", WALDir: "/w"}}},
+		{name: "one member, default dir, matching advertise URLs", plan: MemberPlan{InitialCluster: ic, Name: "m1", AdvertiseTo: []string{"http://127.0.0.1:2380"}},
+			want: []Member{{Name: "m1", PeerURLs: []string{"http://127.0.0.1:2380"}, DataDir: "m1.etcd"}}},
+		{name: "name not in the cluster", plan: MemberPlan{InitialCluster: ic, Name: "m4"}, wantErr: `--name "m4" is not in --initial-cluster (members: m1, m2, m3)`},
+		{name: "no name", plan: MemberPlan{InitialCluster: ic}, wantErr: "--name is required (one of m1, m2, m3)"},
+		{name: "no initial cluster", plan: MemberPlan{Name: "m1"}, wantErr: "--initial-cluster is required"},
+		{name: "malformed URL", plan: MemberPlan{InitialCluster: "m1=127.0.0.1:2380", Name: "m1"}, wantErr: "malformed --initial-cluster"},
+		{name: "not name=url", plan: MemberPlan{InitialCluster: "http://127.0.0.1:2380", Name: "m1"}, wantErr: "malformed --initial-cluster"},
+		{name: "advertise mismatch", plan: MemberPlan{InitialCluster: ic, Name: "m1", AdvertiseTo: []string{"http://10.0.0.9:2380"}}, wantErr: "does not match m1's URLs"},
+		{name: "malformed advertise URL", plan: MemberPlan{InitialCluster: ic, Name: "m1", AdvertiseTo: []string{"::bad"}}, wantErr: "malformed --initial-advertise-peer-urls"},
+		{name: "all members with --name", plan: MemberPlan{InitialCluster: ic, AllMembers: true, DataDir: "/r", Name: "m1"}, wantErr: "--name cannot be used with --all-members"},
+		{name: "all members with --wal-dir", plan: MemberPlan{InitialCluster: ic, AllMembers: true, DataDir: "/r", WALDir: "/w"}, wantErr: "--wal-dir cannot be used"},
+		{name: "all members without a dir", plan: MemberPlan{InitialCluster: ic, AllMembers: true}, wantErr: "needs --data-dir"},
+		{name: "template without name", plan: MemberPlan{InitialCluster: ic, AllMembers: true, DataDirTemplate: "/r/etcd"}, wantErr: "has no {name}"},
+		{name: "template without all members", plan: MemberPlan{InitialCluster: ic, Name: "m1", DataDirTemplate: "/r/{name}"}, wantErr: "needs --all-members"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.plan.Members()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("members = %+v\nwant      %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// oneMember is a single-member plan writing into parent.
+func oneMember(t *testing.T, parent string) Options {
+	t.Helper()
+	ic := "r1=http://127.0.0.1:2380"
+	members, err := MemberPlan{InitialCluster: ic, Name: "r1", DataDir: filepath.Join(parent, "r1.etcd")}.Members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Options{Members: members, InitialCluster: ic}
+}
+
+// entries lists what is in dir, hidden files included.
+func entries(t *testing.T, dir string) []string {
+	t.Helper()
+	des, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, d := range des {
+		out = append(out, d.Name())
+	}
+	return out
+}
+
+func TestRestoreRefusesCorruptSnapshots(t *testing.T) {
+	f := newFixture(t, 1)
+	good := f.snaps[0]
+	rewrite := func(mangle func([]byte) []byte) func(t *testing.T) *snapshot.Manifest {
+		return func(t *testing.T) *snapshot.Manifest {
+			b, err := store.ReadAll(context.Background(), f.st, good.Object, 1<<30)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := *good
+			m.Object = good.Object + ".mangled"
+			if err := store.PutBytes(context.Background(), f.st, m.Object, mangle(b)); err != nil {
+				t.Fatal(err)
+			}
+			return &m
+		}
+	}
+	tests := []struct {
+		name     string
+		manifest func(t *testing.T) *snapshot.Manifest
+		want     string
+	}{
+		{"flipped byte", rewrite(func(b []byte) []byte { b[len(b)/2] ^= 1; return b }), "is corrupt"},
+		{"truncated", rewrite(func(b []byte) []byte { return b[:len(b)/2] }), "is corrupt"},
+		{"wrong manifest sha256", func(*testing.T) *snapshot.Manifest {
+			m := *good
+			m.SHA256 = strings.Repeat("ab", 32)
+			return &m
+		}, "sha256"},
+		{"missing object", func(*testing.T) *snapshot.Manifest {
+			m := *good
+			m.Object += ".gone"
+			return &m
+		}, "does not exist"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			parent := filepath.Join(t.TempDir(), "restore")
+			_, err := Restore(context.Background(), f.st, tc.manifest(t), oneMember(t, parent))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if left := entries(t, parent); len(left) > 0 {
+				t.Fatalf("a refused restore left %v", left)
+			}
+			if _, err := os.Stat(parent); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the parent dir the restore created is still there: %v", err)
+			}
+		})
+	}
+}
+
+func TestRestoreTargets(t *testing.T) {
+	f := newFixture(t, 1)
+	m := f.snaps[0]
+
+	t.Run("existing data dir is refused and untouched", func(t *testing.T) {
+		parent := t.TempDir()
+		opts := oneMember(t, parent)
+		precious := filepath.Join(opts.Members[0].DataDir, "member", "snap", "db")
+		os.MkdirAll(filepath.Dir(precious), 0o700)
+		os.WriteFile(precious, []byte("the old member's data"), 0o600)
+		_, err := Restore(context.Background(), f.st, m, opts)
+		if err == nil || !strings.Contains(err.Error(), "exists and is not empty") {
+			t.Fatalf("err = %v", err)
+		}
+		if b, _ := os.ReadFile(precious); string(b) != "the old member's data" {
+			t.Fatalf("existing data changed: %q", b)
+		}
+		if got := entries(t, parent); len(got) != 1 {
+			t.Fatalf("parent holds %v", got)
+		}
+	})
+	t.Run("empty data dir is used", func(t *testing.T) {
+		parent := t.TempDir()
+		opts := oneMember(t, parent)
+		os.Mkdir(opts.Members[0].DataDir, 0o700)
+		res, err := Restore(context.Background(), f.st, m, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(res.Members[0].DataDir, "member", "snap", "db")); err != nil {
+			t.Fatal(err)
+		}
+		if got := entries(t, parent); len(got) != 1 || got[0] != "r1.etcd" {
+			t.Fatalf("parent holds %v, want only r1.etcd (no temp files)", got)
+		}
+	})
+	t.Run("bump needs mark-compacted", func(t *testing.T) {
+		opts := oneMember(t, t.TempDir())
+		opts.BumpRevision = 10
+		if _, err := Restore(context.Background(), f.st, m, opts); err == nil || !strings.Contains(err.Error(), "go together") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("cancelled restore leaves nothing", func(t *testing.T) {
+		parent := filepath.Join(t.TempDir(), "r")
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := Restore(ctx, f.st, m, oneMember(t, parent)); !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v", err)
+		}
+		if _, err := os.Stat(parent); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("cancelled restore left %s", parent)
+		}
+	})
+}
+
+// A restore into a filesystem that is too small fails before writing, and says how much
+// it needs. It needs a tmpfs mount, so it runs only where the test may mount (root).
+func TestRestoreDiskFull(t *testing.T) {
+	f := newFixture(t, 1)
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("cannot mount a small tmpfs to fill (%v); the disk-full path is covered by checkSpace only", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, 0) })
+	_, err := Restore(context.Background(), f.st, f.snaps[0], oneMember(t, filepath.Join(dir, "restore")))
+	if err == nil || !strings.Contains(err.Error(), "not enough disk space") || !strings.Contains(err.Error(), "needs about") {
+		t.Fatalf("err = %v", err)
+	}
+	if left := entries(t, dir); len(left) > 0 {
+		t.Fatalf("left %v", left)
+	}
+}
