@@ -15,11 +15,15 @@ source "$root/scripts/lib.sh"
 store="file://$demo/store"
 
 etcd_pid=
+restored_pids=()
 cleanup() {
-	if [[ -n "$etcd_pid" ]] && kill -0 "$etcd_pid" 2>/dev/null; then
-		kill "$etcd_pid" && wait "$etcd_pid" 2>/dev/null || true
-		echo "==> stopped etcd (pid $etcd_pid)"
-	fi
+	local p
+	for p in $etcd_pid "${restored_pids[@]}"; do
+		if kill -0 "$p" 2>/dev/null; then
+			kill "$p" && wait "$p" 2>/dev/null || true
+			echo "==> stopped etcd (pid $p)"
+		fi
+	done
 }
 trap cleanup EXIT
 
@@ -51,6 +55,45 @@ run "$bin/etcdguard" snapshot verify latest
 step "what etcdctl and etcdutl say about the same data"
 "$bin/etcdctl" --endpoints "$endpoint" snapshot save "$demo/etcdctl.db" >/dev/null 2>&1
 run "$bin/etcdutl" snapshot status "$demo/etcdctl.db" -w table
+
+step "restoring the newest snapshot into a fresh 3-member cluster under build/demo/restored"
+declare -a cports pports
+ic=""
+for i in 0 1 2; do
+	cports[i]=$(free_port)
+	pports[i]=$(free_port)
+	ic+="${ic:+,}r$i=http://127.0.0.1:${pports[i]}"
+done
+run "$bin/etcdguard" restore --snapshot latest --all-members --data-dir "$demo/restored" \
+	--initial-cluster "$ic" --initial-cluster-token etcdguard-demo-restore
+
+step "starting the 3 restored members as real etcd processes"
+for i in 0 1 2; do
+	"$bin/etcd" --name "r$i" --data-dir "$demo/restored/r$i.etcd" --log-level error \
+		--listen-client-urls "http://127.0.0.1:${cports[i]}" --advertise-client-urls "http://127.0.0.1:${cports[i]}" \
+		--listen-peer-urls "http://127.0.0.1:${pports[i]}" --initial-advertise-peer-urls "http://127.0.0.1:${pports[i]}" \
+		--initial-cluster "$ic" --initial-cluster-token etcdguard-demo-restore --initial-cluster-state new \
+		>"$demo/restored/r$i.log" 2>&1 &
+	restored_pids+=($!)
+done
+restored="http://127.0.0.1:${cports[0]},http://127.0.0.1:${cports[1]},http://127.0.0.1:${cports[2]}"
+for _ in $(seq 150); do
+	"$bin/etcdctl" --endpoints "$restored" endpoint health >/dev/null 2>&1 && break
+	sleep 0.2
+done
+run "$bin/etcdctl" --endpoints "$restored" endpoint status -w table
+
+step "reading the keys back: the restored cluster has what the source had"
+count() { "$bin/etcdctl" --endpoints "$1" get /registry --prefix --count-only -w fields | awk '/"Count"/ {print $3}'; }
+src_count=$(count "$endpoint")
+dst_count=$(count "$restored")
+key=$("$bin/etcdctl" --endpoints "$endpoint" get /registry/namespaces --prefix --keys-only --limit 1 | head -1)
+echo "source: $src_count keys; restored: $dst_count keys"
+if [[ "$src_count" != "$dst_count" ]] || ! cmp -s <("$bin/etcdctl" --endpoints "$endpoint" get "$key") <("$bin/etcdctl" --endpoints "$restored" get "$key"); then
+	echo "the restored cluster differs from the source" >&2
+	exit 1
+fi
+echo "$key reads the same on both"
 
 step "a bad --store is refused with one line"
 "$bin/etcdguard" snapshot list --store "s4://nowhere" || true
