@@ -36,12 +36,17 @@ type ioError struct{ err error }
 func (e ioError) Error() string { return e.err.Error() }
 func (e ioError) Unwrap() error { return e.err }
 
+// countingReader also stops at cancellation, which a local file does not watch by itself.
 type countingReader struct {
-	r io.Reader
-	n int64
+	ctx context.Context
+	r   io.Reader
+	n   int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, ioError{err}
+	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	if err != nil && err != io.EOF {
@@ -65,7 +70,7 @@ func (m markingWriter) Write(p []byte) (int, error) {
 // returns a *CorruptError (after the whole object was read, listing every problem); a
 // failure to read r or write w returns that error.
 func ReadVerified(ctx context.Context, r io.Reader, m *Manifest, w io.Writer) (Checked, error) {
-	src := &countingReader{r: r}
+	src := &countingReader{ctx: ctx, r: r}
 	var problems []string
 	d := newDigest()
 	dec, err := newDecoder(src, m.Compression)

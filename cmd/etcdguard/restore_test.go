@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,4 +179,56 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// SIGTERM (or Ctrl-C) during a restore removes everything it wrote.
+func TestE2ERestoreInterrupted(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	if _, err := loadgen.LoadK8sKeyspace(context.Background(), e.Client(t), loadgen.Options{TargetBytes: 64 << 20, ValueSize: 16 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"ETCDGUARD_ENDPOINTS=" + e.Endpoints[0], "ETCDGUARD_STORE=file://" + t.TempDir(), "ETCDGUARD_CLUSTER=c1"}
+	if r := run(t, env, "snapshot", "save", "--compression", "none"); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	var ic []string
+	for i := range 5 {
+		ic = append(ic, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, 2380+i))
+	}
+	parent := filepath.Join(t.TempDir(), "restored")
+	cmd := exec.Command(etcdguardBin, "restore", "--snapshot", "latest", "--all-members", "--data-dir", parent, "--initial-cluster", strings.Join(ic, ","))
+	cmd.Env = append(env, "PATH="+os.Getenv("PATH"), "HOME="+t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Signal as soon as the restore has written something.
+	deadline := time.Now().Add(30 * time.Second)
+	for len(entries(parent)) == 0 {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the restore wrote nothing within 30s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("the restore finished before SIGTERM reached it; nothing was tested")
+	}
+	if left := entries(parent); len(left) > 0 {
+		t.Fatalf("an interrupted restore left %v", left)
+	}
+	if _, err := os.Stat(parent); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("an interrupted restore left its parent dir: %v", err)
+	}
+}
+
+func entries(dir string) []string {
+	des, _ := os.ReadDir(dir)
+	var out []string
+	for _, d := range des {
+		out = append(out, d.Name())
+	}
+	return out
 }
