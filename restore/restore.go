@@ -13,8 +13,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	etcdutl "go.etcd.io/etcd/etcdutl/v3/snapshot"
 	"go.uber.org/zap"
@@ -102,54 +105,88 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 	// The raw snapshot goes next to the first member, on the disk that must hold it anyway.
 	dbPath := tempName(opts.Members[0].DataDir) + ".db"
 	created = append(created, dbPath)
+	start := time.Now()
 	if err := download(ctx, st, m, dbPath); err != nil {
 		return nil, err
 	}
-	status, err := etcdutl.NewV3(zap.NewNop()).Status(dbPath)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot %s passed its checksums but bbolt rejects it: %w", m.ID, err)
+	slog.InfoContext(ctx, "snapshot downloaded and verified", "snapshot", m.ID, "db_size", m.DBSize, "took", since(start))
+	// bbolt's own check (and the key count) runs beside the members' restores, each of
+	// which only reads the downloaded file; all of them write into hidden temp dirs, and
+	// nothing is renamed into place until every one of them succeeded.
+	tmps := make([]Member, len(opts.Members))
+	for i, mem := range opts.Members {
+		tmps[i] = Member{Name: mem.Name, PeerURLs: mem.PeerURLs, DataDir: tempName(mem.DataDir)}
+		created = append(created, tmps[i].DataDir)
+		if mem.WALDir != "" {
+			tmps[i].WALDir = tempName(mem.WALDir)
+			created = append(created, tmps[i].WALDir)
+		}
 	}
+	var (
+		wg     sync.WaitGroup
+		status etcdutl.Status
+		errs   = make([]error, len(tmps)+1)
+		sem    = make(chan struct{}, runtime.GOMAXPROCS(0))
+	)
+	wg.Go(func() {
+		start := time.Now()
+		var err error
+		if status, err = etcdutl.NewV3(zap.NewNop()).Status(dbPath); err != nil {
+			errs[0] = fmt.Errorf("snapshot %s passed its checksums but bbolt rejects it: %w", m.ID, err)
+			return
+		}
+		slog.InfoContext(ctx, "snapshot checked by bbolt", "keys", status.TotalKey, "took", since(start))
+	})
+	for i, tmp := range tmps {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if ctx.Err() != nil {
+				errs[i+1] = ctx.Err()
+				return
+			}
+			start := time.Now()
+			err := etcdutl.NewV3(zap.NewNop()).Restore(etcdutl.RestoreConfig{
+				SnapshotPath:        dbPath,
+				Name:                tmp.Name,
+				OutputDataDir:       tmp.DataDir,
+				OutputWALDir:        tmp.WALDir,
+				PeerURLs:            tmp.PeerURLs,
+				InitialCluster:      opts.InitialCluster,
+				InitialClusterToken: opts.Token,
+				RevisionBump:        opts.BumpRevision,
+				MarkCompacted:       opts.MarkCompacted,
+			})
+			if err != nil {
+				errs[i+1] = fmt.Errorf("restoring member %s: %w", tmp.Name, diskError(err, m.DBSize+walSegment))
+				return
+			}
+			slog.InfoContext(ctx, "member restored", "member", tmp.Name, "took", since(start))
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
 	res = &Result{Snapshot: m, Revision: m.Revision, KeyCount: status.TotalKey, InitialCluster: opts.InitialCluster, Token: opts.Token}
 	if opts.BumpRevision > 0 {
 		res.Revision = status.Revision + int64(opts.BumpRevision)
 	}
-
-	for _, mem := range opts.Members {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		tmpData := tempName(mem.DataDir)
-		created = append(created, tmpData)
-		var tmpWAL string
-		if mem.WALDir != "" {
-			tmpWAL = tempName(mem.WALDir)
-			created = append(created, tmpWAL)
-		}
-		err := etcdutl.NewV3(zap.NewNop()).Restore(etcdutl.RestoreConfig{
-			SnapshotPath:        dbPath,
-			Name:                mem.Name,
-			OutputDataDir:       tmpData,
-			OutputWALDir:        tmpWAL,
-			PeerURLs:            mem.PeerURLs,
-			InitialCluster:      opts.InitialCluster,
-			InitialClusterToken: opts.Token,
-			RevisionBump:        opts.BumpRevision,
-			MarkCompacted:       opts.MarkCompacted,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("restoring member %s: %w", mem.Name, diskError(err, m.DBSize+walSegment))
-		}
-		if err := moveIntoPlace(tmpData, mem.DataDir); err != nil {
+	for i, mem := range opts.Members {
+		if err := moveIntoPlace(tmps[i].DataDir, mem.DataDir); err != nil {
 			return nil, err
 		}
 		created = append(created, mem.DataDir)
-		if tmpWAL != "" {
-			if err := moveIntoPlace(tmpWAL, mem.WALDir); err != nil {
+		if mem.WALDir != "" {
+			if err := moveIntoPlace(tmps[i].WALDir, mem.WALDir); err != nil {
 				return nil, err
 			}
 			created = append(created, mem.WALDir)
 		}
-		slog.InfoContext(ctx, "member restored", "member", mem.Name, "data_dir", mem.DataDir, "snapshot", m.ID)
 		res.Members = append(res.Members, MemberResult{Member: mem, Command: startCommand(mem, opts)})
 	}
 	if err := os.Remove(dbPath); err != nil {
@@ -181,10 +218,12 @@ func download(ctx context.Context, st store.Store, m *snapshot.Manifest, path st
 		}
 		return fmt.Errorf("downloading snapshot %s to %s: %w", m.ID, path, diskError(err, m.DBSize))
 	}
-	if err := f.Sync(); err != nil {
+	// No fsync: this file only feeds etcd's restore, which copies and syncs it, and a
+	// crash leaves nothing but this temp file behind.
+	if err := f.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", path, diskError(err, m.DBSize))
 	}
-	return f.Close()
+	return nil
 }
 
 // checkTargets refuses data and WAL dirs that exist and are not empty: a restore never
@@ -256,6 +295,8 @@ func diskError(err error, need int64) error {
 	}
 	return err
 }
+
+func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }
 
 func mib(n int64) string { return fmt.Sprintf("%d MiB", (n+1<<20-1)>>20) }
 

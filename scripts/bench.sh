@@ -64,11 +64,11 @@ measure() {
 	local name="$1" i w r c
 	shift
 	for i in $(seq "$runs"); do
-		"$bin/runstat" "$work/stat" -- "$@" >/dev/null
+		"$bin/runstat" "$work/stat" -- "$@" >/dev/null 2>"$work/last.err" || { cat "$work/last.err" >&2; exit 1; }
 		read -r w r _ c <"$work/stat"
 		if [[ -z "${wall[$name]:-}" ]] || awk "BEGIN{exit !($w < ${wall[$name]})}"; then wall[$name]=$w cpu[$name]=$c; fi
 		if [[ -z "${rss[$name]:-}" ]] || ((r > ${rss[$name]})); then rss[$name]=$r; fi
-		rm -f "$work"/*.db "$work"/*.zst
+		rm -rf "$work"/*.db "$work"/*.zst "$work"/restored-*
 	done
 }
 naive() {
@@ -91,6 +91,16 @@ else
 	echo "zstd not installed (apt-get install zstd): skipping the naive pipeline"
 fi
 
+# Restore: etcdguard from the S3 server (download, decompress, verify, etcd's restore
+# library) against etcdutl restoring the same data from a file already on local disk.
+"$bin/etcdctl" --endpoints "$endpoint" snapshot save "$work/local.snap" >/dev/null 2>&1
+member=(--name r0 --initial-cluster r0=http://127.0.0.1:2380)
+measure "etcdutl snapshot restore (disk)" "$bin/etcdutl" snapshot restore "$work/local.snap" "${member[@]}" \
+	--initial-advertise-peer-urls http://127.0.0.1:2380 --data-dir "$work/restored-etcdutl"
+measure "etcdguard restore (S3, zstd)" "$bin/etcdguard" restore --store s3://bench/etcd --snapshot latest "${member[@]}" \
+	--data-dir "$work/restored-etcdguard"
+rm -f "$work/local.snap"
+
 dbsize=$("$bin/etcdguard" snapshot list --store s3://bench/etcd -o json | sed -n 's/.*"db_size": \([0-9]*\).*/\1/p' | head -1)
 base=${wall["etcdctl snapshot save (disk)"]}
 printf '\nDB %s (%d MiB raw), %s run(s) each, 2 cores; S3 part size 16 MiB, concurrency 2\n' "$size" $((dbsize >> 20)) "$runs"
@@ -102,3 +112,9 @@ for name in "etcdctl snapshot save (disk)" "etcdguard -> file, zstd" "etcdguard 
 		'BEGIN{printf "%-34s %8.2f %8.1f %10.2f %13.1f %13.2f\n", n, w, s/1048576/w, w/b, r/1024, c}'
 done
 echo "(zstd is --level fastest, etcdguard's default; etcd and versitygw run on the same 2 cores)"
+printf '\n%-34s %8s %10s %13s %13s\n' "restore (one member)" "wall s" "x etcdutl" "peak RSS MiB" "CPU s"
+rbase=${wall["etcdutl snapshot restore (disk)"]}
+for name in "etcdutl snapshot restore (disk)" "etcdguard restore (S3, zstd)"; do
+	awk -v n="$name" -v w="${wall[$name]}" -v b="$rbase" -v r="${rss[$name]}" -v c="${cpu[$name]}" \
+		'BEGIN{printf "%-34s %8.2f %10.2f %13.1f %13.2f\n", n, w, w/b, r/1024, c}'
+done
