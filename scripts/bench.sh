@@ -59,15 +59,16 @@ export ETCDGUARD_ENDPOINTS="$endpoint" ETCDGUARD_CLUSTER=bench ETCDGUARD_LOG_LEV
 export ETCDGUARD_S3_ENDPOINT="$s3url" ETCDGUARD_S3_PATH_STYLE=true
 
 # measure NAME CMD...: run CMD $runs times; keep the best wall time and the worst RSS.
-declare -A wall rss cpu
+declare -A wall rss cpu anon
 measure() {
-	local name="$1" i w r c
+	local name="$1" i w r c a
 	shift
 	for i in $(seq "$runs"); do
 		"$bin/runstat" "$work/stat" -- "$@" >/dev/null 2>"$work/last.err" || { cat "$work/last.err" >&2; exit 1; }
-		read -r w r _ c <"$work/stat"
+		read -r w r _ c a <"$work/stat"
 		if [[ -z "${wall[$name]:-}" ]] || awk "BEGIN{exit !($w < ${wall[$name]})}"; then wall[$name]=$w cpu[$name]=$c; fi
 		if [[ -z "${rss[$name]:-}" ]] || ((r > ${rss[$name]})); then rss[$name]=$r; fi
+		if [[ -z "${anon[$name]:-}" ]] || ((a > ${anon[$name]})); then anon[$name]=$a; fi
 		rm -rf "$work"/*.db "$work"/*.zst "$work"/restored-*
 	done
 }
@@ -112,9 +113,10 @@ for name in "etcdctl snapshot save (disk)" "etcdguard -> file, zstd" "etcdguard 
 		'BEGIN{printf "%-34s %8.2f %8.1f %10.2f %13.1f %13.2f\n", n, w, s/1048576/w, w/b, r/1024, c}'
 done
 echo "(zstd is --level fastest, etcdguard's default; etcd and versitygw run on the same 2 cores)"
-printf '\n%-34s %8s %10s %13s %13s\n' "restore (one member)" "wall s" "x etcdutl" "peak RSS MiB" "CPU s"
+printf '\n%-34s %8s %10s %13s %13s %10s\n' "restore (one member)" "wall s" "x etcdutl" "peak RSS MiB" "anon MiB" "CPU s"
 rbase=${wall["etcdutl snapshot restore (disk)"]}
 for name in "etcdutl snapshot restore (disk)" "etcdguard restore (S3, zstd)"; do
-	awk -v n="$name" -v w="${wall[$name]}" -v b="$rbase" -v r="${rss[$name]}" -v c="${cpu[$name]}" \
-		'BEGIN{printf "%-34s %8.2f %10.2f %13.1f %13.2f\n", n, w, w/b, r/1024, c}'
+	awk -v n="$name" -v w="${wall[$name]}" -v b="$rbase" -v r="${rss[$name]}" -v c="${cpu[$name]}" -v a="${anon[$name]}" \
+		'BEGIN{printf "%-34s %8.2f %10.2f %13.1f %13.1f %10.2f\n", n, w, w/b, r/1024, a/1024, c}'
 done
+echo "(peak RSS counts the DB pages etcd's restore library maps; anon is the memory the process allocates)"

@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/smithy-go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdguard/etcdguard/internal/testharness"
@@ -67,25 +64,9 @@ func backends() []backend {
 			cli := srv.Client(t)
 			// 5 MiB parts, the S3 minimum, so a test DB spans several parts.
 			st := s3store.NewFromClient(cli, srv.Bucket, "backups", store.Options{PartSize: 5 << 20, Concurrency: 2})
-			return st, func() []string { return openUploads(t, cli, srv.Bucket) }
+			return st, func() []string { return srv.OpenUploads(t) }
 		}},
 	}
-}
-
-func openUploads(t *testing.T, cli *s3.Client, bucket string) []string {
-	out, err := cli.ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String(bucket)})
-	var apiErr smithy.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode() == "NoSuchUpload" {
-		return nil // gofakes3's answer when a bucket has no uploads
-	}
-	if err != nil {
-		t.Fatalf("listing multipart uploads: %v", err)
-	}
-	var keys []string
-	for _, u := range out.Uploads {
-		keys = append(keys, aws.ToString(u.Key))
-	}
-	return keys
 }
 
 // loadValues writes ~n MiB of incompressible-ish values so a snapshot spans several parts.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,26 +14,12 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/aws/smithy-go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdguard/etcdguard/internal/loadgen"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
 )
-
-func openUploads(t *testing.T, srv *testharness.S3Server) int {
-	t.Helper()
-	out, err := srv.Client(t).ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: aws.String(srv.Bucket)})
-	var apiErr smithy.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode() == "NoSuchUpload" {
-		return 0
-	}
-	if err != nil {
-		t.Fatalf("listing multipart uploads: %v", err)
-	}
-	return len(out.Uploads)
-}
 
 func decodeJSON[T any](t *testing.T, r result) T {
 	t.Helper()
@@ -184,7 +169,7 @@ func TestE2EKilledSaveIsNeverListed(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for openUploads(t, srv) == 0 {
+	for len(srv.OpenUploads(t)) == 0 {
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
 			t.Fatal("no multipart upload started within 30s")
@@ -203,13 +188,13 @@ func TestE2EKilledSaveIsNeverListed(t *testing.T) {
 	if len(list) != 0 {
 		t.Fatalf("a killed save is listed: %+v", list)
 	}
-	if n := openUploads(t, srv); n != 1 {
+	if n := len(srv.OpenUploads(t)); n != 1 {
 		t.Fatalf("%d open uploads after kill -9, want the killed one", n)
 	}
 	// The next save aborts uploads older than --stale-upload-age, then saves.
 	time.Sleep(10 * time.Millisecond)
 	decodeJSON[snapshot.Manifest](t, run(t, env, "snapshot", "save", "-o", "json", "--stale-upload-age", "5ms"))
-	if n := openUploads(t, srv); n != 0 {
+	if n := len(srv.OpenUploads(t)); n != 0 {
 		t.Fatalf("%d open uploads after the next save", n)
 	}
 	if list := decodeJSON[[]snapshot.Manifest](t, run(t, env, "snapshot", "list", "-o", "json")); len(list) != 1 {
