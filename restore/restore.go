@@ -40,12 +40,13 @@ type Options struct {
 
 // Result is what was restored; its JSON form is `restore -o json`.
 type Result struct {
-	Snapshot       *snapshot.Manifest `json:"snapshot"`
-	Revision       int64              `json:"revision"` // what the restored members start at
-	KeyCount       int                `json:"key_count"`
-	InitialCluster string             `json:"initial_cluster"`
-	Token          string             `json:"initial_cluster_token"`
-	Members        []MemberResult     `json:"members"`
+	Snapshot *snapshot.Manifest `json:"snapshot"`
+	Revision int64              `json:"revision"`            // what the restored members start at
+	KeyCount *int64             `json:"key_count,omitempty"` // from the manifest
+
+	InitialCluster string         `json:"initial_cluster"`
+	Token          string         `json:"initial_cluster_token"`
+	Members        []MemberResult `json:"members"`
 }
 
 // MemberResult is one written member and how to start it.
@@ -110,9 +111,8 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 		return nil, err
 	}
 	slog.InfoContext(ctx, "snapshot downloaded and verified", "snapshot", m.ID, "db_size", m.DBSize, "took", since(start))
-	// bbolt's own check (and the key count) runs beside the members' restores, each of
-	// which only reads the downloaded file; all of them write into hidden temp dirs, and
-	// nothing is renamed into place until every one of them succeeded.
+	// The members are restored in parallel (each only reads the downloaded file) into
+	// hidden temp dirs, and nothing is renamed into place until every one succeeded.
 	tmps := make([]Member, len(opts.Members))
 	for i, mem := range opts.Members {
 		tmps[i] = Member{Name: mem.Name, PeerURLs: mem.PeerURLs, DataDir: tempName(mem.DataDir)}
@@ -123,26 +123,16 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 		}
 	}
 	var (
-		wg     sync.WaitGroup
-		status etcdutl.Status
-		errs   = make([]error, len(tmps)+1)
-		sem    = make(chan struct{}, runtime.GOMAXPROCS(0))
+		wg   sync.WaitGroup
+		errs = make([]error, len(tmps))
+		sem  = make(chan struct{}, runtime.GOMAXPROCS(0))
 	)
-	wg.Go(func() {
-		start := time.Now()
-		var err error
-		if status, err = etcdutl.NewV3(zap.NewNop()).Status(dbPath); err != nil {
-			errs[0] = fmt.Errorf("snapshot %s passed its checksums but bbolt rejects it: %w", m.ID, err)
-			return
-		}
-		slog.InfoContext(ctx, "snapshot checked by bbolt", "keys", status.TotalKey, "took", since(start))
-	})
 	for i, tmp := range tmps {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			if ctx.Err() != nil {
-				errs[i+1] = ctx.Err()
+				errs[i] = ctx.Err()
 				return
 			}
 			start := time.Now()
@@ -158,7 +148,7 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 				MarkCompacted:       opts.MarkCompacted,
 			})
 			if err != nil {
-				errs[i+1] = fmt.Errorf("restoring member %s: %w", tmp.Name, diskError(err, m.DBSize+walSegment))
+				errs[i] = fmt.Errorf("restoring member %s: %w", tmp.Name, diskError(err, m.DBSize+walSegment))
 				return
 			}
 			slog.InfoContext(ctx, "member restored", "member", tmp.Name, "took", since(start))
@@ -172,9 +162,11 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 		return nil, err
 	}
 
-	res = &Result{Snapshot: m, Revision: m.Revision, KeyCount: status.TotalKey, InitialCluster: opts.InitialCluster, Token: opts.Token}
+	res = &Result{Snapshot: m, Revision: m.Revision, KeyCount: m.KeyCount, InitialCluster: opts.InitialCluster, Token: opts.Token}
 	if opts.BumpRevision > 0 {
-		res.Revision = status.Revision + int64(opts.BumpRevision)
+		// etcd's restore bumps the key bucket's newest revision, which etcdutl reports as
+		// the revision and which is the snapshot's revision unless compaction removed it.
+		res.Revision += int64(opts.BumpRevision)
 	}
 	for i, mem := range opts.Members {
 		if err := moveIntoPlace(tmps[i].DataDir, mem.DataDir); err != nil {

@@ -265,6 +265,25 @@ func TestRestoreTargets(t *testing.T) {
 			t.Fatalf("parent holds %v, want only r1.etcd (no temp files)", got)
 		}
 	})
+	t.Run("separate WAL dir", func(t *testing.T) {
+		parent := t.TempDir()
+		opts := oneMember(t, parent)
+		opts.Members[0].WALDir = filepath.Join(parent, "wal", "r1")
+		res, err := Restore(context.Background(), f.st, m, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wal := entries(t, res.Members[0].WALDir)
+		if len(wal) == 0 || !strings.HasSuffix(wal[0], ".wal") {
+			t.Fatalf("wal dir holds %v", wal)
+		}
+		if got := entries(t, filepath.Join(res.Members[0].DataDir, "member")); strings.Contains(strings.Join(got, " "), "wal") {
+			t.Fatalf("data dir also has a wal: %v", got)
+		}
+		if cmd := strings.Join(res.Members[0].Command, " "); !strings.Contains(cmd, "--wal-dir "+opts.Members[0].WALDir) {
+			t.Fatalf("start command lacks --wal-dir: %s", cmd)
+		}
+	})
 	t.Run("bump needs mark-compacted", func(t *testing.T) {
 		opts := oneMember(t, t.TempDir())
 		opts.BumpRevision = 10

@@ -28,17 +28,20 @@ type Manifest struct {
 	CompletedAt     time.Time `json:"completed_at"`
 	Revision        int64     `json:"revision"`
 	CompactRevision int64     `json:"compact_revision"`
-	EtcdVersion     string    `json:"etcd_version"`
-	ClusterID       string    `json:"cluster_id"`
-	MemberID        string    `json:"member_id"`
-	Endpoint        string    `json:"endpoint"`
-	DBSize          int64     `json:"db_size"`
-	StoredSize      int64     `json:"stored_size"`
-	SHA256          string    `json:"sha256"`
-	Compression     string    `json:"compression"`
-	Encryption      string    `json:"encryption"`
-	Object          string    `json:"object"`
-	ToolVersion     string    `json:"tool_version"`
+	// KeyCount is the number of keys at Revision, counted by etcd right after the
+	// snapshot; absent if that revision was compacted away before it could be counted.
+	KeyCount    *int64 `json:"key_count,omitempty"`
+	EtcdVersion string `json:"etcd_version"`
+	ClusterID   string `json:"cluster_id"`
+	MemberID    string `json:"member_id"`
+	Endpoint    string `json:"endpoint"`
+	DBSize      int64  `json:"db_size"`
+	StoredSize  int64  `json:"stored_size"`
+	SHA256      string `json:"sha256"`
+	Compression string `json:"compression"`
+	Encryption  string `json:"encryption"`
+	Object      string `json:"object"`
+	ToolVersion string `json:"tool_version"`
 }
 
 const manifestExt = ".json"

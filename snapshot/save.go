@@ -113,6 +113,7 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 
 	m.DBSize, m.SHA256, m.Revision, m.CompactRevision = d.Size, d.SHA256, d.Revision, d.CompactRevision
 	m.StoredSize = put.n
+	m.KeyCount = countKeys(ctx, cli, m.Revision, log)
 	m.CompletedAt = time.Now().UTC()
 	if err := writeManifest(ctx, st, m); err != nil {
 		// Without its manifest the object is invisible; remove it so it does not cost storage.
@@ -124,6 +125,17 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 	log.InfoContext(ctx, "snapshot saved", "id", m.ID, "revision", m.Revision, "db_size", m.DBSize,
 		"stored_size", m.StoredSize, "duration", m.CompletedAt.Sub(started).Round(time.Millisecond))
 	return m, nil
+}
+
+// countKeys asks etcd how many keys there were at the snapshot's revision, so a restore
+// can report it without reading the whole DB again.
+func countKeys(ctx context.Context, cli *clientv3.Client, rev int64, log *slog.Logger) *int64 {
+	resp, err := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithCountOnly(), clientv3.WithRev(rev))
+	if err != nil {
+		log.WarnContext(ctx, "could not count the snapshot's keys; its manifest will not have key_count", "revision", rev, "err", err)
+		return nil
+	}
+	return &resp.Count
 }
 
 // stream copies etcd's snapshot through the digest and the encoder into w and checks the

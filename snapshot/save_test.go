@@ -108,6 +108,9 @@ func TestSaveListVerify(t *testing.T) {
 				st, leftovers := b.open(t)
 				m := save(t, cli, e, st, compression)
 
+				if m.KeyCount == nil || *m.KeyCount != int64(wantStatus.TotalKey) {
+					t.Errorf("manifest key_count %v, etcdutl counts %d keys", m.KeyCount, wantStatus.TotalKey)
+				}
 				if m.Revision != wantStatus.Revision || m.DBSize != int64(len(want)) {
 					t.Errorf("manifest revision %d size %d; etcdutl says revision %d, etcdctl's file is %d bytes",
 						m.Revision, m.DBSize, wantStatus.Revision, len(want))

@@ -90,8 +90,12 @@ func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error 
 func printRestore(g *globalOptions, res *restore.Result, bump uint64) error {
 	m := res.Snapshot
 	w := g.stdout
-	fmt.Fprintf(w, "restored snapshot %s of cluster %s (taken %s, revision %d, %d keys) into %d member(s)\n",
-		m.ID, m.Cluster, m.CreatedAt.Format(time.RFC3339), m.Revision, res.KeyCount, len(res.Members))
+	keys := "key count unknown"
+	if res.KeyCount != nil {
+		keys = fmt.Sprintf("%d keys", *res.KeyCount)
+	}
+	fmt.Fprintf(w, "restored snapshot %s of cluster %s (taken %s, revision %d, %s) into %d member(s)\n",
+		m.ID, m.Cluster, m.CreatedAt.Format(time.RFC3339), m.Revision, keys, len(res.Members))
 	fmt.Fprintf(w, "cluster token: %s (the restored cluster gets a new cluster ID)\n", res.Token)
 	if bump > 0 {
 		fmt.Fprintf(w, "revision: %d (bumped by %d; every older revision is compacted)\n", res.Revision, bump)

@@ -62,8 +62,8 @@ func TestE2ERestore(t *testing.T) {
 		parent := filepath.Join(t.TempDir(), "restored")
 		r := run(t, env, "restore", "--snapshot", "latest", "--initial-cluster", initialCluster, "--all-members", "--data-dir", parent, "-o", "json")
 		res := decodeJSON[restore.Result](t, r)
-		if res.Snapshot.ID != m.ID || len(res.Members) != 3 || res.KeyCount != len(want) || res.Token == "" {
-			t.Fatalf("restore result: snapshot %s, %d members, %d keys (want %d), token %q", res.Snapshot.ID, len(res.Members), res.KeyCount, len(want), res.Token)
+		if res.Snapshot.ID != m.ID || len(res.Members) != 3 || res.KeyCount == nil || *res.KeyCount != int64(len(want)) || res.Token == "" {
+			t.Fatalf("restore result: snapshot %s, %d members, %v keys (want %d), token %q", res.Snapshot.ID, len(res.Members), res.KeyCount, len(want), res.Token)
 		}
 		var procs []*testharness.EtcdProc
 		var endpoints []string
