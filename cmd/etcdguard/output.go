@@ -7,6 +7,8 @@ import (
 	"os"
 	"text/tabwriter"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func printJSON(w io.Writer, v any) error {
@@ -55,12 +57,13 @@ func humanAge(d time.Duration) string {
 	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
 }
 
-// isTerminal reports whether f is a terminal, where progress lines are useful.
-func isTerminal(w io.Writer) bool {
+// isTerminal reports whether w is a terminal (not merely a character device such as
+// /dev/null): where progress lines are useful and an operator can answer a prompt.
+func isTerminal(w any) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
 	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/etcdguard/etcdguard/guard"
+	"github.com/etcdguard/etcdguard/internal/etcdclient"
+)
+
+func newGuardCommand(g *globalOptions) *cobra.Command {
+	cmd := &cobra.Command{Use: "guard", Short: "List guarded-delete plans and undo executed ones"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "plans",
+		Short: "List the cluster's delete plans and their state (planned, executed, undone, expired)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runGuardPlans(cmd.Context(), g)
+		},
+	}, &cobra.Command{
+		Use:   "undo PLAN_ID",
+		Short: "Put back the keys an executed plan deleted, never overwriting a key that exists now",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runGuardUndo(cmd.Context(), g, args[0])
+		},
+	})
+	return cmd
+}
+
+func runGuardPlans(ctx context.Context, g *globalOptions) error {
+	st, err := g.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	cluster := g.cluster
+	if cluster == "" {
+		cli, err := etcdclient.New(ctx, g.etcd)
+		if err != nil {
+			return fmt.Errorf("%w (or name the cluster with --cluster)", err)
+		}
+		defer cli.Close()
+		if cluster, err = g.etcdCluster(ctx, cli); err != nil {
+			return err
+		}
+	}
+	plans, err := guard.Plans(ctx, st, cluster)
+	if err != nil {
+		return err
+	}
+	if g.output == "json" {
+		if plans == nil {
+			plans = []guard.PlanInfo{}
+		}
+		return printJSON(g.stdout, plans)
+	}
+	rows := [][]string{{"PLAN", "STATE", "CREATED", "KEYS", "WARNINGS", "RANGE"}}
+	for _, p := range plans {
+		rows = append(rows, []string{p.ID, p.State, p.CreatedAt.Format(time.RFC3339), fmt.Sprint(p.KeyCount), fmt.Sprint(len(p.Warnings)), p.Range.String()})
+	}
+	return table(g.stdout, rows)
+}
+
+func runGuardUndo(ctx context.Context, g *globalOptions, id string) error {
+	st, err := g.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	cli, err := etcdclient.New(ctx, g.etcd)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	cluster, err := g.etcdCluster(ctx, cli)
+	if err != nil {
+		return err
+	}
+	etcdUser, _, _ := strings.Cut(g.etcd.User, ":")
+	res, err := guard.Undo(ctx, cli, st, cluster, id, etcdUser)
+	if err != nil {
+		return err
+	}
+	if g.output == "json" {
+		return printJSON(g.stdout, res)
+	}
+	fmt.Fprintf(g.stdout, "put back %d keys of plan %s; %d keys exist now and were left alone\n", res.Restored, id, len(res.Conflicts))
+	for _, k := range res.Conflicts {
+		fmt.Fprintf(g.stdout, "  conflict: %q\n", k)
+	}
+	return nil
+}
