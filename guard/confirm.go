@@ -107,7 +107,7 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	if err != nil {
 		sw.Abort(err)
 		if errors.Is(err, errChanged) {
-			return nil, refuse("the range changed since the plan (revision %d, now %d); run --dry-run again", p.Revision, rev)
+			return nil, refuse("the range changed since the plan; run --dry-run again (planned at revision %d, now at %d)", p.Revision, rev)
 		}
 		return nil, err
 	}

@@ -33,9 +33,15 @@ func Interpret(args []string, prefix, fromKey bool) (Range, error) {
 		return Range{}, errors.New("--prefix and --from-key cannot be set at the same time, choose one")
 	}
 	key := args[0]
+	if key == "" && !prefix && !fromKey {
+		return Range{}, errors.New("the key is empty: etcd rejects an empty key; for every key use --prefix \"\" or --from-key \"\"")
+	}
 	if len(args) == 2 {
 		if prefix || fromKey {
 			return Range{}, errors.New("too many arguments: only one key is accepted with --prefix or --from-key")
+		}
+		if args[1] == "" { // etcd reads an empty range end as "no range end": one key
+			return Range{Start: key, End: key + "\x00", DerivedFrom: "single key"}, nil
 		}
 		return Range{Start: key, End: args[1], DerivedFrom: "explicit range end"}, nil
 	}
