@@ -69,7 +69,9 @@ func scanRange(ctx context.Context, cli *clientv3.Client, r Range, rev, page int
 	}
 	start := r.Start
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(r.End), clientv3.WithLimit(page), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
+		// etcd returns a range in ascending key order; asking for a sort would make it read
+		// the whole range for every page before applying the limit.
+		opts := []clientv3.OpOption{clientv3.WithRange(r.End), clientv3.WithLimit(page)}
 		if rev > 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}

@@ -95,6 +95,12 @@ if [[ "$src_count" != "$dst_count" ]] || ! cmp -s <("$bin/etcdctl" --endpoints "
 fi
 echo "$key reads the same on both"
 
+step "the outage's command, guarded: etcdctl reads \`del KEY prefix\` as the range [KEY, \"prefix\")"
+"$bin/loadgen" -endpoints "$endpoint" -keys 2000 -prefix /registry-kube-1 >/dev/null
+run "$bin/etcdguard" del /registry-kube-1/certificatesigningrequest prefix || true
+run "$bin/etcdguard" del /registry-kube-1/certificatesigningrequest prefix --dry-run --log-level warn
+echo "(nothing was deleted; the plan and an audit record are in the store under demo/guard/)"
+
 step "a bad --store is refused with one line"
 "$bin/etcdguard" snapshot list --store "s4://nowhere" || true
 
