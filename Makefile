@@ -32,6 +32,7 @@ demo: build tools
 bench: build tools
 	$(GO) test -run '^$$' -bench . -benchmem ./snapshot/...
 	scripts/bench.sh
+	scripts/bench-guard.sh
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

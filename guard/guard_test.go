@@ -84,8 +84,28 @@ func contains(list []string, sub string) bool {
 	return false
 }
 
-// The outage: `etcdctl del -r /registry-kube-1/certificatesigningrequest prefix`.
+// The outage: `etcdctl del -r /registry-kube-1/certificatesigningrequest prefix`, read
+// with etcd's range stream and with the pages older servers get.
 func TestIncidentReplay(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		t.Run(map[bool]string{true: "stream", false: "pages"}[stream], func(t *testing.T) {
+			streaming = stream
+			defer func() { streaming = true }()
+			incidentReplay(t)
+		})
+	}
+}
+
+func TestEmptyRange(t *testing.T) {
+	e := newEnv(t)
+	r, _ := Interpret([]string{"/nothing/here/"}, true, false)
+	p := e.plan(t, r)
+	if p.KeyCount != 0 || p.Revision == 0 || !contains(p.Warnings, "the range is empty") {
+		t.Fatalf("plan of an empty range: %d keys at revision %d, warnings %q", p.KeyCount, p.Revision, p.Warnings)
+	}
+}
+
+func incidentReplay(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	before := e.all(t)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/etcdguard/etcdguard/store"
 )
@@ -61,9 +63,21 @@ func newPlanID(t time.Time) string {
 	return "p-" + t.UTC().Format("20060102T150405") + "-" + hex.EncodeToString(b[:])
 }
 
-// scanRange reads every key in r at one revision, page by page, and calls fn for each.
-// rev 0 reads at the current revision, which it returns.
+// scanRange reads every key in r at one revision and calls fn for each, in key order.
+// rev 0 reads at the current revision, which it returns. etcd 3.7+ streams the range
+// (RangeStream); older servers are read in pages of `page` keys, each of which makes etcd
+// count the rest of the range, so paging costs grow with the square of the range there.
 func scanRange(ctx context.Context, cli *clientv3.Client, r Range, rev, page int64, keysOnly bool, fn func(k []byte, mod int64, val []byte, lease int64) error) (int64, error) {
+	opts := []clientv3.OpOption{clientv3.WithRange(r.End)}
+	if keysOnly {
+		opts = append(opts, clientv3.WithKeysOnly())
+	}
+	if streaming {
+		got, err := streamRange(ctx, cli, r, rev, opts, fn)
+		if status.Code(err) != codes.Unimplemented {
+			return got, err
+		}
+	}
 	if page <= 0 {
 		page = 1000
 	}
@@ -71,14 +85,11 @@ func scanRange(ctx context.Context, cli *clientv3.Client, r Range, rev, page int
 	for {
 		// etcd returns a range in ascending key order; asking for a sort would make it read
 		// the whole range for every page before applying the limit.
-		opts := []clientv3.OpOption{clientv3.WithRange(r.End), clientv3.WithLimit(page)}
+		popts := append(opts[:len(opts):len(opts)], clientv3.WithLimit(page))
 		if rev > 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+			popts = append(popts, clientv3.WithRev(rev))
 		}
-		if keysOnly {
-			opts = append(opts, clientv3.WithKeysOnly())
-		}
-		resp, err := cli.Get(ctx, start, opts...)
+		resp, err := cli.Get(ctx, start, popts...)
 		if err != nil {
 			return rev, fmt.Errorf("reading %s at revision %d: %w", r, rev, err)
 		}
@@ -95,6 +106,43 @@ func scanRange(ctx context.Context, cli *clientv3.Client, r Range, rev, page int
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// streaming is switched off by tests, to cover the paged reads older servers get.
+var streaming = true
+
+// streamRange reads r with etcd's RangeStream; it returns codes.Unimplemented, before
+// calling fn, from a server that predates it.
+func streamRange(ctx context.Context, cli *clientv3.Client, r Range, rev int64, opts []clientv3.OpOption, fn func(k []byte, mod int64, val []byte, lease int64) error) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the stream if fn fails
+	if rev > 0 {
+		opts = append(opts[:len(opts):len(opts)], clientv3.WithRev(rev))
+	}
+	ch, err := cli.GetStream(ctx, r.Start, opts...)
+	if err != nil {
+		return rev, err
+	}
+	for chunk := range ch {
+		if err := chunk.Err(); err != nil {
+			if status.Code(err) == codes.Unimplemented {
+				return rev, err
+			}
+			return rev, fmt.Errorf("reading %s at revision %d: %w", r, rev, err)
+		}
+		for _, kv := range chunk.Kvs {
+			if err := fn(kv.Key, kv.ModRevision, kv.Value, kv.Lease); err != nil {
+				return rev, err
+			}
+		}
+		if chunk.Header != nil && rev == 0 {
+			rev = chunk.Header.Revision // the server pins the whole stream to this revision
+		}
+	}
+	if rev == 0 {
+		return rev, fmt.Errorf("reading %s: etcd's range stream ended without a revision", r)
+	}
+	return rev, nil
 }
 
 // MakePlan reads the range at one revision and stores the plan: its summary and, in a
