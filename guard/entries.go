@@ -34,7 +34,7 @@ type entryWriter struct {
 
 func newEntryWriter(ctx context.Context, st store.Store, key string) (*entryWriter, error) {
 	pr, pw := io.Pipe()
-	zw, err := zstd.NewWriter(pw, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	zw, err := zstd.NewWriter(pw, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
 	if err != nil {
 		return nil, err
 	}

@@ -35,5 +35,5 @@ best() { # NAME CMD...: best wall time and worst RSS of $runs runs, printed as a
 		del /registry --prefix --dry-run -o json
 } >"$work/results"
 base=$(awk '$1=="etcdctl"{print $2}' "$work/results")
-printf '\n%d keys under /registry, %s run(s) each\n%-36s %8s %10s %13s\n' "$keys" "$runs" "" "wall s" "x etcdctl" "peak RSS MiB"
-awk -v b="$base" '{n=($1=="etcdctl")?"etcdctl get /registry --prefix":"etcdguard del /registry --prefix --dry-run"; printf "%-36s %8.2f %10.2f %13.1f\n", n, $2, $2/b, $3/1024}' "$work/results"
+printf '\n%d keys under /registry, %s run(s) each\n%-44s %8s %10s %13s\n' "$keys" "$runs" "" "wall s" "x etcdctl" "peak RSS MiB"
+awk -v b="$base" '{n=($1=="etcdctl")?"etcdctl get /registry --prefix":"etcdguard del /registry --prefix --dry-run"; printf "%-44s %8.2f %10.2f %13.1f\n", n, $2, $2/b, $3/1024}' "$work/results"

@@ -80,6 +80,7 @@ func runDel(ctx context.Context, g *globalOptions, o *delOptions, args []string)
 	case o.dryRun && r == nil:
 		return errors.New("--dry-run needs a key: del KEY [RANGE_END] [--prefix|--from-key] --dry-run")
 	}
+	g.limitMemory()
 	st, err := g.openStore(ctx)
 	if err != nil {
 		return err

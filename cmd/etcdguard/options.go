@@ -210,12 +210,12 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// limitMemory caps a streaming command's memory at the budget the benchmark holds us to,
-// 64 MiB plus the upload's part buffers, unless GOMEMLIMIT is set. Almost all that a save
-// allocates besides its part buffers is garbage at once (every 32 KiB grpc message of the
-// snapshot stream), and with only GOGC the heap would grow to twice the part buffers before
-// a collection. The soft limit covers the Go runtime's memory; 32 MiB of the budget is
-// left for the binary's own pages, which count in RSS but not in that limit.
+// limitMemory caps a streaming command's memory at the budget the benchmarks hold us to:
+// 64 MiB plus the upload's part buffers, unless GOMEMLIMIT is set. Almost all that a
+// stream allocates besides its part buffers is garbage at once (every grpc message), and
+// with only GOGC the heap would grow to twice what is live before a collection. The soft
+// limit covers the Go runtime's memory; 32 MiB of the budget is left for the binary's own
+// pages, which count in RSS but not in that limit.
 func (g *globalOptions) limitMemory() {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return
