@@ -135,6 +135,14 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		Keys: deleted, Result: fmt.Sprintf("deleted %d keys at revision %d; saved to %s", deleted, ex.Revision, saved)})
 }
 
+// Keys go back in transactions of at most undoBatch keys (etcd allows 128 operations) and
+// about undoBatchBytes (etcd refuses requests over 1.5 MiB by default); a single larger
+// value goes alone.
+const (
+	undoBatch      = 100
+	undoBatchBytes = 1 << 20
+)
+
 // UndoResult is what an undo put back.
 type UndoResult struct {
 	PlanID    string   `json:"plan_id"`
@@ -155,21 +163,52 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 		return nil, fmt.Errorf("%w: plan %s is %s, not executed: there is nothing to undo", ErrRefused, id, state)
 	}
 	res := &UndoResult{PlanID: id, Conflicts: []string{}}
-	err = readEntries(ctx, st, deletedKey(cluster, id), func(e entry) error {
-		resp, err := cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(string(e.Key)), "=", 0)).
-			Then(clientv3.OpPut(string(e.Key), string(e.Value))).
-			Commit()
+	var batch []entry
+	var batchBytes int
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		defer func() { batch, batchBytes = batch[:0], 0 }()
+		// One transaction for the whole batch when none of its keys exists now (the usual
+		// case); key by key otherwise, to find the conflicts.
+		cmps, puts := make([]clientv3.Cmp, len(batch)), make([]clientv3.Op, len(batch))
+		for i, e := range batch {
+			cmps[i] = clientv3.Compare(clientv3.CreateRevision(string(e.Key)), "=", 0)
+			puts[i] = clientv3.OpPut(string(e.Key), string(e.Value))
+		}
+		resp, err := cli.Txn(ctx).If(cmps...).Then(puts...).Commit()
 		if err != nil {
-			return fmt.Errorf("putting back %q: %w", e.Key, err)
+			return fmt.Errorf("putting back %d keys from %q: %w", len(batch), batch[0].Key, err)
 		}
 		if resp.Succeeded {
-			res.Restored++
-		} else {
-			res.Conflicts = append(res.Conflicts, string(e.Key))
+			res.Restored += int64(len(batch))
+			return nil
+		}
+		for i, e := range batch {
+			resp, err := cli.Txn(ctx).If(cmps[i]).Then(puts[i]).Commit()
+			if err != nil {
+				return fmt.Errorf("putting back %q: %w", e.Key, err)
+			}
+			if resp.Succeeded {
+				res.Restored++
+			} else {
+				res.Conflicts = append(res.Conflicts, string(e.Key))
+			}
+		}
+		return nil
+	}
+	err = readEntries(ctx, st, deletedKey(cluster, id), func(e entry) error {
+		batch = append(batch, e)
+		batchBytes += len(e.Key) + len(e.Value)
+		if len(batch) == undoBatch || batchBytes > undoBatchBytes {
+			return flush()
 		}
 		return nil
 	})
+	if err == nil {
+		err = flush()
+	}
 	if err != nil {
 		return res, fmt.Errorf("undo of plan %s stopped after %d keys: %w; running undo again is safe", id, res.Restored, err)
 	}
