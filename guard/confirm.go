@@ -199,11 +199,14 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 		return nil
 	}
 	err = readEntries(ctx, st, deletedKey(cluster, id), func(e entry) error {
-		batch = append(batch, e)
-		batchBytes += len(e.Key) + len(e.Value)
-		if len(batch) == undoBatch || batchBytes > undoBatchBytes {
-			return flush()
+		size := len(e.Key) + len(e.Value)
+		if len(batch) == undoBatch || batchBytes+size > undoBatchBytes {
+			if err := flush(); err != nil {
+				return err
+			}
 		}
+		batch = append(batch, e)
+		batchBytes += size
 		return nil
 	})
 	if err == nil {
