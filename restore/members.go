@@ -3,6 +3,7 @@ package restore
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -23,7 +24,7 @@ type Member struct {
 // name may repeat to give a member several peer URLs, as etcd allows.
 func ParseInitialCluster(s string) ([]Member, error) {
 	if s == "" {
-		return nil, fmt.Errorf("--initial-cluster is required: the new cluster's members, as name=https://host:2380,...")
+		return nil, errors.New("--initial-cluster is required: the new cluster's members, as name=https://host:2380,name=https://host:2380")
 	}
 	if _, err := types.NewURLsMap(s); err != nil {
 		return nil, fmt.Errorf("malformed --initial-cluster %q: want name=https://host:2380,...: %w", s, err)
