@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -90,5 +93,43 @@ func TestDelCommand(t *testing.T) {
 	r := run(t, env, "guard", "undo", p.PlanID)
 	if r.code != 0 || !strings.Contains(r.stdout, "put back") || count() != total {
 		t.Fatalf("undo: exit %d, %s%s; %d keys of %d", r.code, r.stdout, r.stderr, count(), total)
+	}
+}
+
+// On a terminal, a confirm asks the operator to type the number of keys.
+func TestDelConfirmAsksOnTerminal(t *testing.T) {
+	scriptBin, err := exec.LookPath("script")
+	if err != nil {
+		t.Skip("util-linux `script` is not installed, so no terminal can be given to the binary")
+	}
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	for i := range 7 {
+		if _, err := cli.Put(context.Background(), fmt.Sprintf("/registry/leases/default/l%d", i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := []string{"ETCDGUARD_ENDPOINTS=" + e.Endpoints[0], "ETCDGUARD_STORE=file://" + t.TempDir(), "ETCDGUARD_LOG_LEVEL=warn"}
+	type plan struct {
+		PlanID   string `json:"plan_id"`
+		KeyCount int64  `json:"key_count"`
+	}
+	p := decodeJSON[plan](t, run(t, env, "del", "/registry/leases/", "--prefix", "--dry-run", "-o", "json"))
+	onTerminal := func(answer string) (string, error) {
+		cmd := exec.Command(scriptBin, "-qec", etcdguardBin+" del --confirm "+p.PlanID, "/dev/null")
+		cmd.Env = append(env, "PATH="+os.Getenv("PATH"), "HOME="+t.TempDir(), "TERM=dumb")
+		cmd.Stdin = strings.NewReader(answer + "\n")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := onTerminal("8")
+	if err == nil || !strings.Contains(out, "type the number of keys") || !strings.Contains(out, `you typed "8", the plan has 7 keys`) {
+		t.Fatalf("wrong count: %v\n%s", err, out)
+	}
+	if n := must(cli.Get(context.Background(), "/registry/leases/", clientv3.WithPrefix(), clientv3.WithCountOnly())).Count; n != 7 {
+		t.Fatalf("a wrong answer deleted keys: %d left", n)
+	}
+	if out, err := onTerminal("7"); err != nil || !strings.Contains(out, "deleted 7 keys") {
+		t.Fatalf("right count: %v\n%s", err, out)
 	}
 }
