@@ -16,6 +16,7 @@ import (
 
 	"github.com/etcdguard/etcdguard/guard"
 	"github.com/etcdguard/etcdguard/internal/etcdclient"
+	"github.com/etcdguard/etcdguard/store"
 )
 
 type delOptions struct {
@@ -81,20 +82,11 @@ func runDel(ctx context.Context, g *globalOptions, o *delOptions, args []string)
 		return errors.New("--dry-run needs a key: del KEY [RANGE_END] [--prefix|--from-key] --dry-run")
 	}
 	g.limitMemory()
-	st, err := g.openStore(ctx)
-	if err != nil {
-		return err
-	}
-	cli, err := etcdclient.New(ctx, g.etcd)
+	st, cli, cluster, etcdUser, err := g.guardSession(ctx)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	cluster, err := g.etcdCluster(ctx, cli)
-	if err != nil {
-		return err
-	}
-	etcdUser, _, _ := strings.Cut(g.etcd.User, ":")
 
 	if o.dryRun {
 		p, err := guard.MakePlan(ctx, cli, st, *r, guard.PlanOptions{Cluster: cluster, MaxKeys: o.maxKeys, TTL: o.planTTL, EtcdUser: etcdUser})
@@ -200,6 +192,26 @@ func topByType(by map[string]int64) []string {
 	slices.Sort(out)
 	slices.Reverse(out)
 	return out
+}
+
+// guardSession opens what guarded deletes and undos work with: the store, an etcd client
+// (closed by the caller), the cluster name, and the etcd user for audit records.
+func (g *globalOptions) guardSession(ctx context.Context) (store.Store, *clientv3.Client, string, string, error) {
+	st, err := g.openStore(ctx)
+	if err != nil {
+		return nil, nil, "", "", err
+	}
+	cli, err := etcdclient.New(ctx, g.etcd)
+	if err != nil {
+		return nil, nil, "", "", err
+	}
+	cluster, err := g.etcdCluster(ctx, cli)
+	if err != nil {
+		cli.Close()
+		return nil, nil, "", "", err
+	}
+	etcdUser, _, _ := strings.Cut(g.etcd.User, ":")
+	return st, cli, cluster, etcdUser, nil
 }
 
 // etcdCluster is --cluster, or etcd's cluster ID in hex.

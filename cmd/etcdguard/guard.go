@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -66,20 +65,11 @@ func runGuardPlans(ctx context.Context, g *globalOptions) error {
 }
 
 func runGuardUndo(ctx context.Context, g *globalOptions, id string) error {
-	st, err := g.openStore(ctx)
-	if err != nil {
-		return err
-	}
-	cli, err := etcdclient.New(ctx, g.etcd)
+	st, cli, cluster, etcdUser, err := g.guardSession(ctx)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	cluster, err := g.etcdCluster(ctx, cli)
-	if err != nil {
-		return err
-	}
-	etcdUser, _, _ := strings.Cut(g.etcd.User, ":")
 	res, err := guard.Undo(ctx, cli, st, cluster, id, etcdUser)
 	if err != nil {
 		return err
