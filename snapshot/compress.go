@@ -8,11 +8,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Compressions and levels accepted by --compression and --level.
-var (
-	Compressions = []string{"zstd", "gzip", "none"}
-	Levels       = []string{"fastest", "default", "better"}
-)
+// Compressions accepted by --compression.
+var Compressions = []string{"zstd", "gzip", "none"}
 
 // extension is the object name suffix for a compression.
 func extension(compression string) string {
