@@ -23,7 +23,12 @@ type exitError struct {
 	err  error
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
 func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
@@ -37,6 +42,9 @@ func main() {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		code = ee.code
+		if ee.err == nil {
+			os.Exit(code) // the command printed its verdict itself (check)
+		}
 	}
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = errors.New("interrupted; nothing partial was left in the store")
@@ -64,6 +72,6 @@ func newRootCommandWith(g *globalOptions) *cobra.Command {
 		return fmt.Errorf("%w (see `%s --help`)", err, cmd.CommandPath())
 	})
 	g.addFlags(root)
-	root.AddCommand(newSnapshotCommand(g), newRestoreCommand(g), newDelCommand(g), newGuardCommand(g), newVersionCommand())
+	root.AddCommand(newSnapshotCommand(g), newRestoreCommand(g), newDelCommand(g), newGuardCommand(g), newCheckCommand(g), newVersionCommand())
 	return root
 }
