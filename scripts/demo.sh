@@ -52,6 +52,9 @@ run "$bin/etcdguard" snapshot list
 step "verifying the newest: download, decompress, sha256, etcd's trailer, revision"
 run "$bin/etcdguard" snapshot verify latest
 
+step "retention: what prune would delete with --keep-last 1 (it never deletes the newest verified snapshot)"
+run "$bin/etcdguard" snapshot prune --keep-last 1 --keep-hourly 0 --keep-daily 0 --keep-weekly 0 --dry-run
+
 step "what etcdctl and etcdutl say about the same data"
 "$bin/etcdctl" --endpoints "$endpoint" snapshot save "$demo/etcdctl.db" >/dev/null 2>&1
 run "$bin/etcdutl" snapshot status "$demo/etcdctl.db" -w table

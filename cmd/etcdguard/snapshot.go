@@ -7,8 +7,8 @@ import (
 func newSnapshotCommand(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "snapshot",
-		Short: "Save, list and verify etcd snapshots in the store",
+		Short: "Save, list, verify and prune etcd snapshots in the store",
 	}
-	cmd.AddCommand(newSnapshotSaveCommand(g), newSnapshotListCommand(g), newSnapshotVerifyCommand(g))
+	cmd.AddCommand(newSnapshotSaveCommand(g), newSnapshotListCommand(g), newSnapshotVerifyCommand(g), newSnapshotPruneCommand(g))
 	return cmd
 }

@@ -35,6 +35,12 @@ func runSnapshotVerify(ctx context.Context, g *globalOptions, id string) error {
 	if err != nil {
 		return err
 	}
+	if rep.OK {
+		// Retention always keeps the newest snapshot that verified.
+		if err := snapshot.RecordVerified(ctx, st, rep); err != nil {
+			return fmt.Errorf("snapshot %s verified OK, but recording that failed: %w", rep.ID, err)
+		}
+	}
 	if g.output == "json" {
 		if err := printJSON(g.stdout, rep); err != nil {
 			return err
