@@ -1,0 +1,311 @@
+// Package daemon runs etcdguard on every control-plane node: scheduled snapshots taken by
+// exactly one elected member, verification and retention after each, freshness checks on
+// every node, Prometheus metrics and health endpoints, and a graceful SIGTERM.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/robfig/cron/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/etcdguard/etcdguard/alerting"
+	"github.com/etcdguard/etcdguard/internal/etcdclient"
+	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store"
+)
+
+// Config configures the daemon.
+type Config struct {
+	Etcd          etcdclient.Config
+	Store         store.Store
+	Cluster       string // resolved by the caller (deploy/ always sets it)
+	Schedule      string // cron spec: 5 fields, optional seconds, or descriptors like @every 30s
+	Save          snapshot.SaveOptions
+	Verify        bool
+	Retention     snapshot.Retention
+	Policy        alerting.Policy
+	ElectionTTL   time.Duration
+	CheckInterval time.Duration // freshness evaluation, on every node
+	Listen        string        // metrics and health; "" disables
+}
+
+// ParseSchedule accepts what --schedule documents.
+func ParseSchedule(spec string) (cron.Schedule, error) {
+	p := cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+	s, err := p.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("invalid --schedule %q: %w (examples: \"0 */1 * * *\", \"*/30 * * * * *\", \"@every 30s\", \"@hourly\")", spec, err)
+	}
+	return s, nil
+}
+
+// Daemon is a running etcdguard daemon.
+type Daemon struct {
+	cfg      Config
+	schedule cron.Schedule
+	m        *metrics
+	log      *slog.Logger
+	leader   atomic.Bool
+	ready    atomic.Bool
+	running  sync.Mutex // one snapshot run at a time
+	addr     net.Addr
+	addrOnce chan struct{}
+}
+
+// New checks the configuration; Run starts the work.
+func New(cfg Config) (*Daemon, error) {
+	s, err := ParseSchedule(cfg.Schedule)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Cluster == "" {
+		return nil, errors.New("the daemon needs --cluster: a restore changes etcd's cluster id, and snapshots must stay under one name")
+	}
+	if cfg.ElectionTTL < 2*time.Second {
+		return nil, fmt.Errorf("--election-ttl %s is too short: use at least 2s", cfg.ElectionTTL)
+	}
+	if cfg.CheckInterval <= 0 {
+		cfg.CheckInterval = time.Minute
+	}
+	cfg.Save.Cluster = cfg.Cluster
+	return &Daemon{cfg: cfg, schedule: s, m: newMetrics(cfg.Cluster), addrOnce: make(chan struct{}),
+		log: slog.With("component", "daemon", "cluster", cfg.Cluster)}, nil
+}
+
+// Addr is the address the metrics server listens on, once it does.
+func (d *Daemon) Addr() net.Addr { <-d.addrOnce; return d.addr }
+
+// Run works until ctx is cancelled (SIGTERM), then stops the schedule, cancels an
+// in-flight upload (which aborts its multipart upload), resigns leadership and returns.
+func (d *Daemon) Run(ctx context.Context) error {
+	if d.cfg.Save.StaleUploadAge > 0 {
+		if n, err := d.cfg.Store.AbortIncomplete(ctx, d.cfg.Cluster+"/", d.cfg.Save.StaleUploadAge); err != nil {
+			d.log.Warn("could not clean up interrupted uploads", "err", err)
+		} else if n > 0 {
+			d.log.Info("aborted interrupted uploads", "count", n)
+		}
+	}
+	var wg sync.WaitGroup
+	srv, err := d.serve()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if srv != nil {
+			srv.Shutdown(sctx)
+		}
+	}()
+	wg.Go(func() { d.campaign(ctx) })
+	wg.Go(func() { d.checkLoop(ctx) })
+	d.scheduleLoop(ctx, &wg)
+	wg.Wait()
+	d.log.Info("daemon stopped")
+	return nil
+}
+
+func (d *Daemon) serve() (*http.Server, error) {
+	if d.cfg.Listen == "" {
+		close(d.addrOnce)
+		return nil, nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !d.ready.Load() {
+			http.Error(w, "not ready: etcd or the store has not answered yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	l, err := net.Listen("tcp", d.cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listening on --listen %s: %w", d.cfg.Listen, err)
+	}
+	d.addr = l.Addr()
+	close(d.addrOnce)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(l)
+	return srv, nil
+}
+
+// campaign keeps trying to become the one member that takes snapshots, through an etcd
+// election on /etcdguard/<cluster>/leader; a leader that dies loses its lease within the
+// election TTL and another daemon takes over.
+func (d *Daemon) campaign(ctx context.Context) {
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("%s/%d", host, os.Getpid())
+	for ctx.Err() == nil {
+		err := d.leadOnce(ctx, id)
+		d.leader.Store(false)
+		d.m.isLeader.Set(0)
+		if err != nil && ctx.Err() == nil {
+			d.log.Warn("leader election failed; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+func (d *Daemon) leadOnce(ctx context.Context, id string) error {
+	cli, err := etcdclient.New(ctx, d.cfg.Etcd)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(int(d.cfg.ElectionTTL.Seconds())), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("etcd session: %w", err)
+	}
+	defer sess.Close()
+	d.ready.Store(true)
+	el := concurrency.NewElection(sess, "/etcdguard/"+d.cfg.Cluster+"/leader")
+	if err := el.Campaign(ctx, id); err != nil {
+		return err
+	}
+	d.leader.Store(true)
+	d.m.isLeader.Set(1)
+	d.log.Info("elected: this daemon takes the snapshots", "id", id)
+	select {
+	case <-ctx.Done():
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := el.Resign(rctx); err != nil {
+			d.log.Warn("could not resign leadership; the lease expires by itself", "err", err)
+		}
+		d.log.Info("resigned leadership")
+		return nil
+	case <-sess.Done():
+		return errors.New("lost the election session (etcd unreachable?)")
+	}
+}
+
+// scheduleLoop runs a snapshot at each tick of the schedule, if this daemon leads.
+func (d *Daemon) scheduleLoop(ctx context.Context, wg *sync.WaitGroup) {
+	next := d.schedule.Next(time.Now())
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(next)):
+		}
+		next = d.schedule.Next(time.Now())
+		if !d.leader.Load() {
+			continue
+		}
+		if !d.running.TryLock() {
+			d.log.Warn("the previous snapshot is still running; skipping this tick")
+			continue
+		}
+		wg.Go(func() {
+			defer d.running.Unlock()
+			d.snapshotRun(ctx)
+		})
+	}
+}
+
+// snapshotRun saves, optionally verifies, then prunes. Retention never runs after a
+// failed save or verification.
+func (d *Daemon) snapshotRun(ctx context.Context) {
+	start := time.Now()
+	cli, endpoint, _, err := etcdclient.FirstHealthy(ctx, d.cfg.Etcd)
+	if err != nil {
+		d.fail("etcd", err)
+		return
+	}
+	defer cli.Close()
+	opts := d.cfg.Save
+	opts.Endpoint = endpoint
+	m, err := snapshot.Save(ctx, cli, d.cfg.Store, opts)
+	if err != nil {
+		if ctx.Err() != nil {
+			d.log.Info("snapshot cancelled by shutdown; nothing partial was left", "err", err)
+			return
+		}
+		d.fail("store", err)
+		return
+	}
+	d.m.duration.Observe(time.Since(start).Seconds())
+	d.m.sizeRaw.Set(float64(m.DBSize))
+	d.m.sizeStored.Set(float64(m.StoredSize))
+	if d.cfg.Verify {
+		rep, err := snapshot.Verify(ctx, d.cfg.Store, m)
+		if err == nil && !rep.OK {
+			err = fmt.Errorf("snapshot %s failed verification: %v", m.ID, rep.Problems)
+		}
+		if err != nil {
+			d.fail("verify", err)
+			return
+		}
+		if err := snapshot.RecordVerified(ctx, d.cfg.Store, rep); err != nil {
+			d.fail("store", err)
+			return
+		}
+	}
+	ds, err := snapshot.Prune(ctx, d.cfg.Store, d.cfg.Cluster, d.cfg.Retention, time.Now(), false)
+	if err != nil {
+		d.fail("retention", err)
+		return
+	}
+	for _, dec := range ds {
+		if !dec.Keep {
+			d.m.retentionDelete.Inc()
+		}
+	}
+	d.checkOnce(ctx)
+}
+
+func (d *Daemon) fail(reason string, err error) {
+	d.m.failures.WithLabelValues(reason).Inc()
+	d.log.Error("snapshot run failed", "reason", reason, "err", err)
+}
+
+// checkLoop evaluates freshness on every node, leader or not, so the age metric and its
+// alert live on even when the leader is gone.
+func (d *Daemon) checkLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		d.checkOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (d *Daemon) checkOnce(ctx context.Context) {
+	list, err := snapshot.List(ctx, d.cfg.Store, d.cfg.Cluster)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn("cannot read the store", "err", err)
+		}
+		return
+	}
+	d.m.stored.Set(float64(len(list)))
+	var newest *snapshot.Manifest
+	if len(list) > 0 {
+		newest = list[0]
+		d.m.lastSuccess.Set(float64(newest.CreatedAt.Unix()))
+		d.m.age.Set(time.Since(newest.CreatedAt).Seconds())
+	}
+	if f := alerting.Evaluate(d.cfg.Cluster, newest, time.Now(), d.cfg.Policy); f.Status != alerting.OK {
+		d.log.Warn("snapshot freshness", "status", f.Status.String(), "message", f.Message)
+	}
+}

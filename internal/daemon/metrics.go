@@ -1,0 +1,53 @@
+package daemon
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/etcdguard/etcdguard/internal/version"
+)
+
+// metrics are the daemon's Prometheus series; every one carries the cluster label, so
+// one Prometheus can watch a fleet.
+type metrics struct {
+	reg             *prometheus.Registry
+	lastSuccess     prometheus.Gauge
+	age             prometheus.Gauge
+	duration        prometheus.Observer
+	sizeRaw         prometheus.Gauge
+	sizeStored      prometheus.Gauge
+	failures        *prometheus.CounterVec
+	stored          prometheus.Gauge
+	retentionDelete prometheus.Counter
+	isLeader        prometheus.Gauge
+}
+
+func newMetrics(cluster string) *metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	l := prometheus.Labels{"cluster": cluster}
+	f := func(name, help string) prometheus.GaugeOpts {
+		return prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: l}
+	}
+	m := &metrics{reg: reg}
+	m.lastSuccess = prometheus.NewGauge(f("etcdguard_snapshot_last_success_timestamp_seconds", "Start time of the newest snapshot in the store."))
+	m.age = prometheus.NewGauge(f("etcdguard_snapshot_age_seconds", "Age of the newest snapshot in the store (-1: none)."))
+	hist := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "etcdguard_snapshot_duration_seconds", Help: "Duration of snapshot saves by this daemon.",
+		ConstLabels: l, Buckets: prometheus.ExponentialBuckets(0.5, 2, 12)})
+	m.duration = hist
+	size := prometheus.NewGaugeVec(f("etcdguard_snapshot_size_bytes", "Size of the last snapshot this daemon saved: raw (etcd's) and stored (compressed)."), []string{"kind"})
+	m.sizeRaw, m.sizeStored = size.WithLabelValues("raw"), size.WithLabelValues("stored")
+	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "etcdguard_snapshot_failures_total", Help: "Failed snapshot runs, by reason.", ConstLabels: l}, []string{"reason"})
+	m.stored = prometheus.NewGauge(f("etcdguard_snapshots_stored", "Snapshots of the cluster in the store."))
+	m.retentionDelete = prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdguard_retention_deleted_total", Help: "Snapshots deleted by retention.", ConstLabels: l})
+	m.isLeader = prometheus.NewGauge(f("etcdguard_is_leader", "1 if this daemon is the one that takes snapshots."))
+	build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdguard_build_info", Help: "etcdguard's version.",
+		ConstLabels: prometheus.Labels{"cluster": cluster, "version": version.String()}})
+	build.Set(1)
+	m.age.Set(-1)
+	for _, reason := range []string{"etcd", "store", "verify", "retention"} {
+		m.failures.WithLabelValues(reason) // export zeros, so rate() works from the start
+	}
+	reg.MustRegister(m.lastSuccess, m.age, hist, size, m.failures, m.stored, m.retentionDelete, m.isLeader, build)
+	return m
+}
