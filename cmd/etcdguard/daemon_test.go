@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/etcdguard/etcdguard/internal/testharness"
+	"github.com/etcdguard/etcdguard/snapshot"
+	s3store "github.com/etcdguard/etcdguard/store/s3"
+)
+
+// metric reads one series' value from a daemon's /metrics (-1 if unreachable or absent).
+func metric(addr, name string) float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && strings.HasPrefix(f[0], name+"{") {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return -1
+}
+
+// Two daemons against a 3-member etcd and a real S3 server: one snapshot per tick, a
+// killed leader replaced within the election TTL, and a clean SIGTERM.
+func TestE2EDaemons(t *testing.T) {
+	srv := testharness.StartVersityGW(t)
+	etcd := testharness.StartEtcdCluster(t, 3)
+	ports := testharness.FreePorts(t, 2)
+	st := s3store.NewFromClient(srv.Client(t), srv.Bucket, "fleet", srv.Options())
+	const ttl = 3 * time.Second
+	var daemons []*exec.Cmd
+	var addrs []string
+	for i := range 2 {
+		addr := fmt.Sprintf("127.0.0.1:%d", ports[i])
+		eps := append([]string{etcd.Endpoints()[i]}, etcd.Endpoints()...) // its local member first
+		cmd := exec.Command(etcdguardBin, "daemon", "--cluster", "prod", "--store", srv.URL("fleet"), "--endpoints", strings.Join(eps, ","),
+			"--schedule", "@every 2s", "--election-ttl", ttl.String(), "--listen", addr, "--check-interval", "1s",
+			"--keep-last", "1000", "--verify", "--log-format", "json")
+		cmd.Env = append(srv.Env(), "PATH="+os.Getenv("PATH"), "HOME="+t.TempDir())
+		logf, _ := os.Create(filepath.Join(t.TempDir(), "daemon.log"))
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			if t.Failed() {
+				logf.Seek(0, io.SeekStart)
+				b, _ := io.ReadAll(logf)
+				t.Logf("daemon %d log:\n%s", i, b)
+			}
+		})
+		daemons, addrs = append(daemons, cmd), append(addrs, addr)
+	}
+	list := func() []*snapshot.Manifest {
+		ms, err := snapshot.List(context.Background(), st, "prod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ms
+	}
+	time.Sleep(9 * time.Second)
+	ms := list()
+	if len(ms) < 3 {
+		t.Fatalf("%d snapshots after 9s of @every 2s", len(ms))
+	}
+	for i := 1; i < len(ms); i++ {
+		if gap := ms[i-1].CreatedAt.Sub(ms[i].CreatedAt); gap < time.Second {
+			t.Fatalf("two snapshots %s apart: both daemons uploaded on one tick (%s, %s)", gap, ms[i].ID, ms[i-1].ID)
+		}
+	}
+	leader := -1
+	for i, a := range addrs {
+		if metric(a, "etcdguard_is_leader") == 1 {
+			if leader >= 0 {
+				t.Fatal("two daemons say they lead")
+			}
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no daemon leads")
+	}
+	other := 1 - leader
+	if v := metric(addrs[other], "etcdguard_snapshot_last_success_timestamp_seconds"); v < float64(ms[len(ms)-1].CreatedAt.Unix()) {
+		t.Errorf("the follower's last success metric is %v: every node should watch freshness", v)
+	}
+
+	// kill -9 the leader: its lease expires and the other daemon takes over.
+	killed := time.Now()
+	daemons[leader].Process.Signal(syscall.SIGKILL)
+	daemons[leader].Wait()
+	deadline := killed.Add(ttl + 3*2*time.Second + 2*time.Second)
+	for {
+		if ms := list(); ms[0].CreatedAt.After(killed.Add(time.Second)) {
+			t.Logf("a new leader uploaded %s after the kill", ms[0].CreatedAt.Sub(killed).Round(time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no snapshot within %s of killing the leader", deadline.Sub(killed))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if metric(addrs[other], "etcdguard_is_leader") != 1 {
+		t.Error("the surviving daemon does not report leadership")
+	}
+
+	// SIGTERM: exits promptly and cleanly, nothing partial listed, no open upload.
+	start := time.Now()
+	daemons[other].Process.Signal(syscall.SIGTERM)
+	if err := daemons[other].Wait(); err != nil {
+		t.Fatalf("daemon exit after SIGTERM: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("SIGTERM took %s", d)
+	}
+	if open := srv.OpenUploads(t); len(open) != 0 {
+		t.Fatalf("open uploads after SIGTERM: %v", open)
+	}
+	for _, m := range list() {
+		if _, err := st.Stat(context.Background(), m.Object); err != nil {
+			t.Fatalf("listed snapshot %s has no data: %v", m.ID, err)
+		}
+	}
+}
