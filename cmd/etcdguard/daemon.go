@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/etcdguard/etcdguard/alerting"
 	"github.com/etcdguard/etcdguard/internal/daemon"
 	"github.com/etcdguard/etcdguard/internal/etcdclient"
 )
@@ -13,11 +14,13 @@ import (
 func newDaemonCommand(g *globalOptions) *cobra.Command {
 	cfg := daemon.Config{}
 	save := &saveOptions{}
+	hooks := &alertFlags{}
 	cmd := &cobra.Command{
 		Use:   "daemon --schedule CRON --cluster NAME --store URL [--listen :9090]",
 		Short: "Take scheduled snapshots (one elected member uploads), verify, prune, watch their age, serve /metrics",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Notifiers = hooks.notifiers()
 			return runDaemon(cmd.Context(), g, cfg, save)
 		},
 	}
@@ -29,6 +32,11 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&cfg.Verify, "verify", false, "stream every new snapshot back and verify it")
 	f.DurationVar(&cfg.ElectionTTL, "election-ttl", 15*time.Second, "how soon another daemon takes over from a dead leader")
 	f.DurationVar(&cfg.CheckInterval, "check-interval", time.Minute, "how often every daemon evaluates snapshot age")
+	f.StringSliceVar(&hooks.webhooks, "alert-webhook", nil, "POST alerts as JSON to this URL (repeatable)")
+	f.StringSliceVar(&hooks.slack, "alert-slack-webhook", nil, "Slack incoming webhook URL (repeatable; it holds a token: prefer ETCDGUARD_ALERT_SLACK_WEBHOOK or the config file)")
+	f.StringSliceVar(&hooks.alertmanagers, "alert-alertmanager", nil, "Alertmanager base URL, e.g. http://alertmanager:9093 (repeatable)")
+	f.DurationVar(&cfg.AlertRepeat, "alert-repeat", time.Hour, "notify a firing alert again this often")
+	f.IntVar(&cfg.AlertAfter, "alert-after-failures", 3, "alert when this many snapshot runs in a row failed")
 	addSaveFlags(cmd, save)
 	addRetentionFlags(cmd, &cfg.Retention)
 	return cmd
@@ -62,4 +70,20 @@ func runDaemon(ctx context.Context, g *globalOptions, cfg daemon.Config, save *s
 		return err
 	}
 	return d.Run(ctx)
+}
+
+type alertFlags struct{ webhooks, slack, alertmanagers []string }
+
+func (a *alertFlags) notifiers() []alerting.Notifier {
+	var out []alerting.Notifier
+	for _, u := range a.webhooks {
+		out = append(out, alerting.Webhook{URL: u})
+	}
+	for _, u := range a.slack {
+		out = append(out, alerting.Slack{URL: u})
+	}
+	for _, u := range a.alertmanagers {
+		out = append(out, alerting.Alertmanager{URL: u})
+	}
+	return out
 }

@@ -11,12 +11,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/robfig/cron/v3"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/etcdguard/etcdguard/alerting"
@@ -38,6 +40,9 @@ type Config struct {
 	ElectionTTL   time.Duration
 	CheckInterval time.Duration // freshness evaluation, on every node
 	Listen        string        // metrics and health; "" disables
+	Notifiers     []alerting.Notifier
+	AlertRepeat   time.Duration // re-notify a firing alert this often
+	AlertAfter    int           // failed runs in a row before EtcdSnapshotFailing fires
 }
 
 // ParseSchedule accepts what --schedule documents.
@@ -61,6 +66,8 @@ type Daemon struct {
 	running  sync.Mutex // one snapshot run at a time
 	addr     net.Addr
 	addrOnce chan struct{}
+	alerter  *alerting.Alerter
+	failing  atomic.Int64 // failed snapshot runs in a row
 }
 
 // New checks the configuration; Run starts the work.
@@ -78,9 +85,16 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = time.Minute
 	}
+	if cfg.AlertRepeat <= 0 {
+		cfg.AlertRepeat = time.Hour
+	}
+	if cfg.AlertAfter <= 0 {
+		cfg.AlertAfter = 3
+	}
 	cfg.Save.Cluster = cfg.Cluster
 	return &Daemon{cfg: cfg, schedule: s, m: newMetrics(cfg.Cluster), addrOnce: make(chan struct{}),
-		log: slog.With("component", "daemon", "cluster", cfg.Cluster)}, nil
+		alerter: &alerting.Alerter{Notifiers: cfg.Notifiers, Repeat: cfg.AlertRepeat},
+		log:     slog.With("component", "daemon", "cluster", cfg.Cluster)}, nil
 }
 
 // Addr is the address the metrics server listens on, once it does.
@@ -267,12 +281,15 @@ func (d *Daemon) snapshotRun(ctx context.Context) {
 			d.m.retentionDelete.Inc()
 		}
 	}
+	d.failing.Store(0)
 	d.checkOnce(ctx)
 }
 
 func (d *Daemon) fail(reason string, err error) {
 	d.m.failures.WithLabelValues(reason).Inc()
-	d.log.Error("snapshot run failed", "reason", reason, "err", err)
+	d.failing.Add(1)
+	d.log.Error("snapshot run failed", "reason", reason, "err", err, "failures_in_a_row", d.failing.Load())
+	d.checkOnce(context.Background())
 }
 
 // checkLoop evaluates freshness on every node, leader or not, so the age metric and its
@@ -290,22 +307,58 @@ func (d *Daemon) checkLoop(ctx context.Context) {
 	}
 }
 
+// checkOnce evaluates freshness, updates the metrics and raises or clears alerts.
 func (d *Daemon) checkOnce(ctx context.Context) {
+	var active []alerting.Alert
+	alert := func(name, severity, summary string) {
+		active = append(active, alerting.Alert{Name: name, Cluster: d.cfg.Cluster, Severity: severity, Summary: summary})
+	}
 	list, err := snapshot.List(ctx, d.cfg.Store, d.cfg.Cluster)
 	if err != nil {
-		if ctx.Err() == nil {
-			d.log.Warn("cannot read the store", "err", err)
+		if ctx.Err() != nil {
+			return
 		}
-		return
+		d.log.Warn("cannot read the store", "err", err)
+		alert("EtcdguardStoreUnreachable", "critical", "etcdguard cannot read the snapshot store: "+err.Error())
+	} else {
+		d.m.stored.Set(float64(len(list)))
+		var newest *snapshot.Manifest
+		if len(list) > 0 {
+			newest = list[0]
+			d.m.lastSuccess.Set(float64(newest.CreatedAt.Unix()))
+			d.m.age.Set(time.Since(newest.CreatedAt).Seconds())
+		}
+		f := alerting.Evaluate(d.cfg.Cluster, newest, time.Now(), d.cfg.Policy)
+		switch {
+		case f.Status == alerting.OK:
+		case newest == nil:
+			alert("EtcdSnapshotMissing", "critical", f.Message)
+		default:
+			alert("EtcdSnapshotTooOld", strings.ToLower(f.Status.String()), f.Message)
+		}
+		if f.Status != alerting.OK {
+			d.log.Warn("snapshot freshness", "status", f.Status.String(), "message", f.Message)
+		}
 	}
-	d.m.stored.Set(float64(len(list)))
-	var newest *snapshot.Manifest
-	if len(list) > 0 {
-		newest = list[0]
-		d.m.lastSuccess.Set(float64(newest.CreatedAt.Unix()))
-		d.m.age.Set(time.Since(newest.CreatedAt).Seconds())
+	if n := d.failing.Load(); n >= int64(d.cfg.AlertAfter) {
+		alert("EtcdSnapshotFailing", "critical", fmt.Sprintf("%d snapshot runs in a row failed; see the etcdguard daemon's log", n))
 	}
-	if f := alerting.Evaluate(d.cfg.Cluster, newest, time.Now(), d.cfg.Policy); f.Status != alerting.OK {
-		d.log.Warn("snapshot freshness", "status", f.Status.String(), "message", f.Message)
+	if err := d.alerter.Update(ctx, active, time.Now(), d.notifies(ctx)); err != nil && ctx.Err() == nil {
+		d.log.Warn("alerts not delivered", "err", err)
 	}
+}
+
+// notifies says whether this daemon sends alerts: the leader does; the others do only when
+// no daemon leads (or etcd cannot say), so one outage is one page, not one per master.
+func (d *Daemon) notifies(ctx context.Context) bool {
+	if d.leader.Load() {
+		return true
+	}
+	cli, err := etcdclient.New(ctx, d.cfg.Etcd)
+	if err != nil {
+		return true
+	}
+	defer cli.Close()
+	resp, err := cli.Get(ctx, "/etcdguard/"+d.cfg.Cluster+"/leader/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	return err != nil || resp.Count == 0
 }

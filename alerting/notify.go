@@ -1,0 +1,138 @@
+package alerting
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Alert is one firing or resolved condition. Name is the alert's identity, e.g.
+// EtcdSnapshotTooOld; Resolved alerts carry EndsAt.
+type Alert struct {
+	Name     string
+	Cluster  string
+	Severity string // critical or warning
+	Summary  string
+	StartsAt time.Time
+	EndsAt   time.Time // zero while firing
+}
+
+// Resolved reports whether the alert has cleared.
+func (a Alert) Resolved() bool { return !a.EndsAt.IsZero() }
+
+// Notifier delivers alerts somewhere a person will see them.
+type Notifier interface {
+	Notify(ctx context.Context, alerts []Alert) error
+	String() string // for logs; never includes secrets in the URL's query
+}
+
+func post(ctx context.Context, client *http.Client, url string, body any) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("%s answered %s: %s", redactURL(url), resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}
+
+// redactURL drops the path of webhook URLs: Slack's carries its secret token.
+func redactURL(u string) string {
+	if i := strings.Index(u, "://"); i >= 0 {
+		if j := strings.IndexByte(u[i+3:], '/'); j >= 0 {
+			return u[:i+3+j] + "/…"
+		}
+	}
+	return u
+}
+
+var httpClient = &http.Client{Timeout: 10 * time.Second}
+
+// Webhook posts {"alerts": [...]} with every field, for any receiver that takes JSON.
+type Webhook struct{ URL string }
+
+type webhookAlert struct {
+	Name     string     `json:"alertname"`
+	Cluster  string     `json:"cluster"`
+	Severity string     `json:"severity"`
+	Status   string     `json:"status"` // firing or resolved
+	Summary  string     `json:"summary"`
+	StartsAt time.Time  `json:"starts_at"`
+	EndsAt   *time.Time `json:"ends_at,omitempty"`
+}
+
+func (w Webhook) Notify(ctx context.Context, alerts []Alert) error {
+	out := make([]webhookAlert, len(alerts))
+	for i, a := range alerts {
+		out[i] = webhookAlert{Name: a.Name, Cluster: a.Cluster, Severity: a.Severity, Status: "firing", Summary: a.Summary, StartsAt: a.StartsAt}
+		if a.Resolved() {
+			end := a.EndsAt
+			out[i].Status, out[i].EndsAt = "resolved", &end
+		}
+	}
+	return post(ctx, httpClient, w.URL, map[string]any{"alerts": out})
+}
+
+func (w Webhook) String() string { return "webhook " + redactURL(w.URL) }
+
+// Slack posts to an incoming webhook, one line per alert.
+type Slack struct{ URL string }
+
+func (s Slack) Notify(ctx context.Context, alerts []Alert) error {
+	var lines []string
+	for _, a := range alerts {
+		icon, state := ":rotating_light:", strings.ToUpper(a.Severity)
+		if a.Resolved() {
+			icon, state = ":white_check_mark:", "RESOLVED"
+		}
+		lines = append(lines, fmt.Sprintf("%s *%s* %s (cluster %s): %s", icon, state, a.Name, a.Cluster, a.Summary))
+	}
+	return post(ctx, httpClient, s.URL, map[string]string{"text": strings.Join(lines, "\n")})
+}
+
+func (s Slack) String() string { return "slack " + redactURL(s.URL) }
+
+// Alertmanager posts to Alertmanager's v2 API; it deduplicates and routes itself.
+type Alertmanager struct{ URL string } // base URL, e.g. http://alertmanager:9093
+
+type amAlert struct {
+	Labels      map[string]string `json:"labels"`
+	Annotations map[string]string `json:"annotations"`
+	StartsAt    time.Time         `json:"startsAt"`
+	EndsAt      *time.Time        `json:"endsAt,omitempty"`
+}
+
+func (am Alertmanager) Notify(ctx context.Context, alerts []Alert) error {
+	out := make([]amAlert, len(alerts))
+	for i, a := range alerts {
+		out[i] = amAlert{
+			Labels:      map[string]string{"alertname": a.Name, "cluster": a.Cluster, "severity": a.Severity, "source": "etcdguard"},
+			Annotations: map[string]string{"summary": a.Summary},
+			StartsAt:    a.StartsAt,
+		}
+		if a.Resolved() {
+			end := a.EndsAt
+			out[i].EndsAt = &end
+		}
+	}
+	return post(ctx, httpClient, strings.TrimSuffix(am.URL, "/")+"/api/v2/alerts", out)
+}
+
+func (am Alertmanager) String() string { return "alertmanager " + am.URL }

@@ -1,0 +1,126 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/etcdguard/etcdguard/alerting"
+	"github.com/etcdguard/etcdguard/internal/etcdclient"
+	"github.com/etcdguard/etcdguard/internal/testharness"
+	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store"
+	"github.com/etcdguard/etcdguard/store/file"
+)
+
+func TestMain(m *testing.M) {
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	os.Exit(m.Run())
+}
+
+// receiver is a local HTTP endpoint that records what it is sent.
+type receiver struct {
+	mu     sync.Mutex
+	bodies []string
+	url    string
+}
+
+func newReceiver(t *testing.T) *receiver {
+	r := &receiver{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		b, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		r.bodies = append(r.bodies, req.URL.Path+" "+string(b))
+		r.mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	r.url = srv.URL
+	return r
+}
+
+// waitFor waits until some received body contains every one of subs.
+func (r *receiver) waitFor(t *testing.T, what string, subs ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		for _, b := range r.bodies {
+			ok := true
+			for _, s := range subs {
+				ok = ok && strings.Contains(b, s)
+			}
+			if ok {
+				r.mu.Unlock()
+				return b
+			}
+		}
+		r.mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t.Fatalf("no %s: want %q in one of %q", what, subs, r.bodies)
+	return ""
+}
+
+func startDaemon(t *testing.T, e *testharness.Etcd, st store.Store, schedule string, notifiers ...alerting.Notifier) {
+	t.Helper()
+	d, err := New(Config{
+		Etcd: etcdclient.Config{Endpoints: e.Endpoints, DialTimeout: 2 * time.Second}, Store: st, Cluster: "prod",
+		Schedule: schedule, Save: snapshot.SaveOptions{Compression: "zstd", Level: "fastest"},
+		Retention: snapshot.Retention{Last: 100}, Policy: alerting.Policy{MaxAge: 5 * time.Hour},
+		ElectionTTL: 2 * time.Second, CheckInterval: 200 * time.Millisecond, Notifiers: notifiers, AlertRepeat: time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// A stale store fires EtcdSnapshotTooOld to the webhook and Alertmanager, and a fresh
+// save resolves it.
+func TestStaleThenFresh(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	st, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-10 * time.Hour).UTC()
+	m, _ := json.Marshal(snapshot.Manifest{ID: old.Format("20060102T150405Z") + "-000000", Cluster: "prod", CreatedAt: old, Object: "prod/snapshots/x"})
+	if err := store.PutBytes(context.Background(), st, "prod/snapshots/"+old.Format("20060102T150405Z")+"-000000.json", m); err != nil {
+		t.Fatal(err)
+	}
+	hook, am := newReceiver(t), newReceiver(t)
+	// The first tick comes after 3 s, long enough for the stale alert to go out first.
+	startDaemon(t, e, st, "@every 3s", alerting.Webhook{URL: hook.url + "/hook"}, alerting.Alertmanager{URL: am.url})
+
+	hook.waitFor(t, "firing webhook alert", `"alertname":"EtcdSnapshotTooOld"`, `"status":"firing"`, `"cluster":"prod"`, "etcd snapshots too old")
+	fired := am.waitFor(t, "firing Alertmanager alert", "/api/v2/alerts", `"alertname":"EtcdSnapshotTooOld"`, `"severity":"critical"`, `"startsAt"`)
+	if strings.Contains(fired, "endsAt") {
+		t.Fatalf("a firing Alertmanager alert has endsAt: %s", fired)
+	}
+	hook.waitFor(t, "resolved webhook alert", `"alertname":"EtcdSnapshotTooOld"`, `"status":"resolved"`, `"ends_at"`)
+	am.waitFor(t, "resolved Alertmanager alert", `"alertname":"EtcdSnapshotTooOld"`, `"endsAt"`)
+}
+
+func TestNoSnapshotAtAll(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	st, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := newReceiver(t)
+	startDaemon(t, e, st, "@every 1h", alerting.Webhook{URL: hook.url})
+	hook.waitFor(t, "missing-snapshot alert", `"alertname":"EtcdSnapshotMissing"`, "no snapshots at all")
+}
