@@ -1,3 +1,4 @@
-// Package deploy will hold the static pod manifest, systemd unit, PrometheusRule, example
-// config, IAM policy and runbooks, and the tests that decode them strictly (the daemon issue).
+// Package deploy holds what runs etcdguard in production: the static pod manifest, the
+// systemd unit, the PrometheusRule, an example config, the IAM policy and bucket lifecycle
+// rule, and runbooks. Its tests decode each of them strictly.
 package deploy

@@ -1,0 +1,132 @@
+package deploy
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+func TestStaticPod(t *testing.T) {
+	b, err := os.ReadFile("static-pod.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pod corev1.Pod
+	if err := yaml.UnmarshalStrict(b, &pod); err != nil {
+		t.Fatalf("static-pod.yaml does not decode strictly into a v1 Pod: %v", err)
+	}
+	c := pod.Spec.Containers[0]
+	sc := c.SecurityContext
+	checks := map[string]bool{
+		"kind Pod in kube-system":           pod.Kind == "Pod" && pod.Namespace == "kube-system",
+		"hostNetwork":                       pod.Spec.HostNetwork,
+		"system-node-critical":              pod.Spec.PriorityClassName == "system-node-critical",
+		"read-only root filesystem":         sc != nil && sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem,
+		"no privilege escalation":           sc != nil && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation,
+		"all capabilities dropped":          sc != nil && sc.Capabilities != nil && slices.Contains(sc.Capabilities.Drop, "ALL"),
+		"liveness on /healthz":              c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path == "/healthz",
+		"readiness on /readyz":              c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path == "/readyz",
+		"memory request and limit":          !c.Resources.Requests.Memory().IsZero() && !c.Resources.Limits.Memory().IsZero(),
+		"runs the daemon with the config":   slices.Equal(c.Command[1:], []string{"daemon", "--config", "/etc/etcdguard/config.yaml"}),
+		"etcd PKI mounted read-only":        slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/etc/kubernetes/pki/etcd" && m.ReadOnly }),
+		"PKI volume is the host's etcd PKI": slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.HostPath != nil && v.HostPath.Path == "/etc/kubernetes/pki/etcd" }),
+		"no secret in the manifest's env":   !strings.Contains(strings.ToLower(string(b)), "secret_access_key") && !strings.Contains(string(b), "password"),
+	}
+	for what, ok := range checks {
+		if !ok {
+			t.Errorf("static pod: %s", what)
+		}
+	}
+}
+
+func decodeStrictJSON(t *testing.T, file string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+}
+
+func TestIAMPolicy(t *testing.T) {
+	var p struct {
+		Version   string
+		Statement []struct {
+			Sid, Effect string
+			Action      []string
+			Resource    string
+		}
+	}
+	decodeStrictJSON(t, "iam-policy.json", &p)
+	granted := map[string]string{}
+	for _, s := range p.Statement {
+		if s.Effect != "Allow" || strings.Contains(s.Resource, "*") && !strings.HasSuffix(s.Resource, "/etcd/*") {
+			t.Errorf("statement %s: %s on %s is broader than the backup prefix", s.Sid, s.Effect, s.Resource)
+		}
+		for _, a := range s.Action {
+			if strings.Contains(a, "*") {
+				t.Errorf("wildcard action %s", a)
+			}
+			granted[a] = s.Resource
+		}
+	}
+	// What the S3 backend calls: HeadBucket and listings, objects, multipart clean-up.
+	for _, a := range []string{"s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"} {
+		if _, ok := granted[a]; !ok {
+			t.Errorf("the policy lacks %s", a)
+		}
+	}
+}
+
+func TestLifecycleRule(t *testing.T) {
+	var l struct {
+		Rules []struct {
+			ID, Status                     string
+			Filter                         struct{ Prefix string }
+			AbortIncompleteMultipartUpload struct{ DaysAfterInitiation int }
+		}
+	}
+	decodeStrictJSON(t, "s3-lifecycle.json", &l)
+	if len(l.Rules) != 1 || l.Rules[0].Status != "Enabled" || l.Rules[0].AbortIncompleteMultipartUpload.DaysAfterInitiation < 1 {
+		t.Fatalf("lifecycle rule: %+v", l)
+	}
+}
+
+func TestSystemdUnit(t *testing.T) {
+	b, err := os.ReadFile("etcdguard.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := map[string]map[string]string{}
+	var cur string
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]"):
+			cur = strings.Trim(line, "[]")
+			sections[cur] = map[string]string{}
+		default:
+			k, v, ok := strings.Cut(line, "=")
+			if !ok || cur == "" {
+				t.Fatalf("line %d is not key=value in a section: %q", i+1, line)
+			}
+			sections[cur][k] = v
+		}
+	}
+	svc := sections["Service"]
+	if !strings.HasPrefix(svc["ExecStart"], "/usr/local/bin/etcdguard daemon ") || svc["Restart"] != "always" ||
+		svc["NoNewPrivileges"] != "yes" || sections["Install"]["WantedBy"] != "multi-user.target" {
+		t.Fatalf("unit: %v", sections)
+	}
+}
