@@ -101,9 +101,10 @@ func TestStaleThenFresh(t *testing.T) {
 	if err := store.PutBytes(context.Background(), st, "prod/snapshots/"+old.Format("20060102T150405Z")+"-000000.json", m); err != nil {
 		t.Fatal(err)
 	}
-	hook, am := newReceiver(t), newReceiver(t)
+	hook, am, slack := newReceiver(t), newReceiver(t), newReceiver(t)
 	// The first tick comes after 3 s, long enough for the stale alert to go out first.
-	startDaemon(t, e, st, "@every 3s", alerting.Webhook{URL: hook.url + "/hook"}, alerting.Alertmanager{URL: am.url})
+	startDaemon(t, e, st, "@every 3s", alerting.Webhook{URL: hook.url + "/hook"}, alerting.Alertmanager{URL: am.url},
+		alerting.Slack{URL: slack.url + "/services/T000/B000/secret"})
 
 	hook.waitFor(t, "firing webhook alert", `"alertname":"EtcdSnapshotTooOld"`, `"status":"firing"`, `"cluster":"prod"`, "etcd snapshots too old")
 	fired := am.waitFor(t, "firing Alertmanager alert", "/api/v2/alerts", `"alertname":"EtcdSnapshotTooOld"`, `"severity":"critical"`, `"startsAt"`)
@@ -112,6 +113,8 @@ func TestStaleThenFresh(t *testing.T) {
 	}
 	hook.waitFor(t, "resolved webhook alert", `"alertname":"EtcdSnapshotTooOld"`, `"status":"resolved"`, `"ends_at"`)
 	am.waitFor(t, "resolved Alertmanager alert", `"alertname":"EtcdSnapshotTooOld"`, `"endsAt"`)
+	slack.waitFor(t, "firing Slack message", `{"text":`, "*CRITICAL* EtcdSnapshotTooOld (cluster prod)")
+	slack.waitFor(t, "resolved Slack message", "*RESOLVED* EtcdSnapshotTooOld")
 }
 
 func TestNoSnapshotAtAll(t *testing.T) {
