@@ -5,7 +5,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql/parser"
 	"sigs.k8s.io/yaml"
 )
@@ -62,7 +62,7 @@ func TestPrometheusRules(t *testing.T) {
 			}
 			for _, path := range parser.ExtractSelectors(expr) {
 				for _, m := range path {
-					if m.Name == labels.MetricName && !exported[m.Value] {
+					if m.Name == model.MetricNameLabel && !exported[m.Value] {
 						t.Errorf("%s uses %s, which the daemon does not export", r.Alert, m.Value)
 					}
 				}
