@@ -129,7 +129,8 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	deleted := resp.Responses[0].GetResponseDeleteRange().Deleted
 	ex := &Execution{PlanID: p.ID, Deleted: deleted, Revision: resp.Header.Revision, SavedTo: saved}
 	if err := markState(ctx, st, p, "executed", ex); err != nil {
-		return ex, err
+		return ex, fmt.Errorf("deleted %d keys (saved in %s; `etcdguard guard undo` reads them from there), but recording plan %s as executed failed: %w",
+			deleted, saved, p.ID, err)
 	}
 	return ex, record(ctx, st, Event{Event: "confirm", PlanID: p.ID, Cluster: p.Cluster, EtcdUser: opts.EtcdUser, Range: p.Range,
 		Keys: deleted, Result: fmt.Sprintf("deleted %d keys at revision %d; saved to %s", deleted, ex.Revision, saved)})
