@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -124,12 +125,16 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		return nil, fmt.Errorf("deleting %s: %w (the keys are saved in %s)", p.Range, err, saved)
 	}
 	if !resp.Succeeded {
+		// Nothing was deleted: drop the saved copy, whose presence means "executed".
+		if derr := st.Delete(context.WithoutCancel(ctx), saved); derr != nil {
+			slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", derr)
+		}
 		return nil, refuse("a key in the range was written while confirming; nothing was deleted; run --dry-run again")
 	}
 	deleted := resp.Responses[0].GetResponseDeleteRange().Deleted
 	ex := &Execution{PlanID: p.ID, Deleted: deleted, Revision: resp.Header.Revision, SavedTo: saved}
 	if err := markState(ctx, st, p, "executed", ex); err != nil {
-		return ex, fmt.Errorf("deleted %d keys (saved in %s; `etcdguard guard undo` reads them from there), but recording plan %s as executed failed: %w",
+		return ex, fmt.Errorf("deleted %d keys, saved in %s (`etcdguard guard undo %s` puts them back), but recording the plan as executed failed: %w",
 			deleted, saved, p.ID, err)
 	}
 	return ex, record(ctx, st, Event{Event: "confirm", PlanID: p.ID, Cluster: p.Cluster, EtcdUser: opts.EtcdUser, Range: p.Range,
@@ -264,6 +269,13 @@ func planState(ctx context.Context, st store.Store, p *Plan) (string, error) {
 		if !errors.Is(err, store.ErrNotExist) {
 			return "", err
 		}
+	}
+	// The saved keys exist only once a delete ran (a refused one removes them), so they
+	// also mark a plan executed whose state record could not be written.
+	if _, err := st.Stat(ctx, deletedKey(p.Cluster, p.ID)); err == nil {
+		return "executed", nil
+	} else if !errors.Is(err, store.ErrNotExist) {
+		return "", err
 	}
 	if time.Now().After(p.ExpiresAt) {
 		return "expired", nil
