@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,12 +16,18 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	cfg := daemon.Config{}
 	save := &saveOptions{}
 	hooks := &alertFlags{}
+	var deltaMax string
 	cmd := &cobra.Command{
 		Use:   "daemon --schedule CRON --cluster NAME --store URL [--listen :9090]",
 		Short: "Take scheduled snapshots (one elected member uploads), verify, prune, watch their age, serve /metrics",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Notifiers = hooks.notifiers()
+			n, err := parseSize(deltaMax)
+			if err != nil {
+				return fmt.Errorf("invalid --delta-max-bytes: %w", err)
+			}
+			cfg.DeltaMaxBytes = int(n)
 			return runDaemon(cmd.Context(), g, cfg, save)
 		},
 	}
@@ -37,6 +44,9 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	f.StringSliceVar(&hooks.alertmanagers, "alert-alertmanager", nil, "Alertmanager base URL, e.g. http://alertmanager:9093 (repeatable)")
 	f.DurationVar(&cfg.AlertRepeat, "alert-repeat", time.Hour, "notify a firing alert again this often")
 	f.IntVar(&cfg.AlertAfter, "alert-after-failures", 3, "alert when this many snapshot runs in a row failed")
+	f.BoolVar(&cfg.Delta, "delta", false, "capture every change between snapshots as delta segments (point-in-time restore); the leader captures")
+	f.DurationVar(&cfg.DeltaFlush, "delta-flush", 5*time.Second, "store captured changes at least this often (the delta RPO)")
+	f.StringVar(&deltaMax, "delta-max-bytes", "16MiB", "store a delta segment sooner once this much is buffered")
 	addSaveFlags(cmd, save)
 	addRetentionFlags(cmd, &cfg.Retention)
 	return cmd

@@ -22,6 +22,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/etcdguard/etcdguard/alerting"
+	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/internal/etcdclient"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
@@ -43,6 +44,10 @@ type Config struct {
 	Notifiers     []alerting.Notifier
 	AlertRepeat   time.Duration // re-notify a firing alert this often
 	AlertAfter    int           // failed runs in a row before EtcdSnapshotFailing fires
+	// Delta capture for point-in-time restore, run by the leader.
+	Delta         bool
+	DeltaFlush    time.Duration
+	DeltaMaxBytes int
 }
 
 // ParseSchedule accepts what --schedule documents.
@@ -90,6 +95,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if cfg.AlertAfter <= 0 {
 		cfg.AlertAfter = 3
+	}
+	if cfg.DeltaFlush <= 0 {
+		cfg.DeltaFlush = 5 * time.Second
 	}
 	cfg.Save.Cluster = cfg.Cluster
 	return &Daemon{cfg: cfg, schedule: s, m: newMetrics(cfg.Cluster), addrOnce: make(chan struct{}),
@@ -195,8 +203,19 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	d.leader.Store(true)
 	d.m.isLeader.Set(1)
 	d.log.Info("elected: this daemon takes the snapshots", "id", id)
+	// Delta capture stops, and stores what it buffered, before leadership is given up, so
+	// two daemons never capture the same revisions.
+	stopCapture := func() {}
+	if d.cfg.Delta {
+		dctx, stop := context.WithCancel(ctx)
+		var dwg sync.WaitGroup
+		dwg.Go(func() { d.captureDeltas(dctx, cli) })
+		stopCapture = func() { stop(); dwg.Wait() }
+	}
+	defer stopCapture()
 	select {
 	case <-ctx.Done():
+		stopCapture()
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		if err := el.Resign(rctx); err != nil {
@@ -233,19 +252,54 @@ func (d *Daemon) scheduleLoop(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
-// snapshotRun saves, optionally verifies, then prunes. Retention never runs after a
-// failed save or verification.
-func (d *Daemon) snapshotRun(ctx context.Context) {
-	start := time.Now()
+var errNoEtcd = errors.New("no healthy etcd endpoint")
+
+// save takes one full snapshot from the first healthy endpoint (the local member).
+func (d *Daemon) save(ctx context.Context) (*snapshot.Manifest, error) {
 	cli, endpoint, _, err := etcdclient.FirstHealthy(ctx, d.cfg.Etcd)
 	if err != nil {
-		d.fail("etcd", err)
-		return
+		return nil, fmt.Errorf("%w: %w", errNoEtcd, err)
 	}
 	defer cli.Close()
 	opts := d.cfg.Save
 	opts.Endpoint = endpoint
-	m, err := snapshot.Save(ctx, cli, d.cfg.Store, opts)
+	return snapshot.Save(ctx, cli, d.cfg.Store, opts)
+}
+
+// captureDeltas writes the keyspace's changes as delta segments while this daemon leads.
+func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client) {
+	c := &delta.Capturer{
+		Cli: cli, Store: d.cfg.Store, Cluster: d.cfg.Cluster, Flush: d.cfg.DeltaFlush, MaxBytes: d.cfg.DeltaMaxBytes,
+		Snapshot: func(ctx context.Context) (int64, error) {
+			d.running.Lock() // not at the same time as a scheduled snapshot
+			defer d.running.Unlock()
+			m, err := d.save(ctx)
+			if err != nil {
+				return 0, err
+			}
+			return m.Revision, nil
+		},
+		OnSegment: func(m *delta.Manifest) { d.m.deltaSegments.Inc() },
+		OnProgress: func(rev int64, lag time.Duration) {
+			d.m.deltaRevision.Set(float64(rev))
+			d.m.deltaLag.Set(lag.Seconds())
+		},
+	}
+	if err := c.Run(ctx); err != nil && ctx.Err() == nil {
+		d.m.failures.WithLabelValues("delta").Inc()
+		d.log.Error("delta capture stopped", "err", err)
+	}
+}
+
+// snapshotRun saves, optionally verifies, then prunes. Retention never runs after a
+// failed save or verification.
+func (d *Daemon) snapshotRun(ctx context.Context) {
+	start := time.Now()
+	m, err := d.save(ctx)
+	if errors.Is(err, errNoEtcd) {
+		d.fail("etcd", err)
+		return
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			d.log.Info("snapshot cancelled by shutdown; nothing partial was left", "err", err)

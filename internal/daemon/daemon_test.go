@@ -5,15 +5,20 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/etcdguard/etcdguard/alerting"
+	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/internal/etcdclient"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
@@ -126,4 +131,88 @@ func TestNoSnapshotAtAll(t *testing.T) {
 	hook := newReceiver(t)
 	startDaemon(t, e, st, "@every 1h", alerting.Webhook{URL: hook.url})
 	hook.waitFor(t, "missing-snapshot alert", `"alertname":"EtcdSnapshotMissing"`, "no snapshots at all")
+}
+
+// The leader captures every change after the first snapshot into chained segments, and
+// they replay to etcd's state.
+func TestDeltaCapture(t *testing.T) {
+	ctx := context.Background()
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	st, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{
+		Etcd: etcdclient.Config{Endpoints: e.Endpoints, DialTimeout: 2 * time.Second}, Store: st, Cluster: "prod",
+		Schedule: "@every 1h", Save: snapshot.SaveOptions{Compression: "zstd", Level: "fastest"},
+		Retention: snapshot.Retention{Last: 100}, Policy: alerting.Policy{MaxAge: 5 * time.Hour},
+		ElectionTTL: 2 * time.Second, Delta: true, DeltaFlush: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { d.Run(dctx); close(done) }()
+	// The capture starts from a full snapshot it takes itself.
+	var base int64
+	for deadline := time.Now().Add(10 * time.Second); base == 0; time.Sleep(50 * time.Millisecond) {
+		if ms, _ := snapshot.List(ctx, st, "prod"); len(ms) > 0 {
+			base = ms[0].Revision
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no initial snapshot")
+		}
+	}
+	for i := range 200 {
+		if _, err := cli.Put(ctx, "/registry/pods/p"+strconv.Itoa(i%13), strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i%17 == 0 {
+			cli.Delete(ctx, "/registry/pods/p"+strconv.Itoa(i%5))
+		}
+	}
+	last := must(cli.Get(ctx, "x")).Header.Revision
+	cancel() // a clean stop stores what was buffered
+	<-done
+	segs, err := delta.List(ctx, st, "prod")
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("segments %v, %v", segs, err)
+	}
+	if segs[0].FromRev != base+1 || segs[len(segs)-1].ToRev != last || len(delta.Gaps(segs)) != 0 {
+		t.Fatalf("segments from %d to %d with gaps %v; want %d to %d", segs[0].FromRev, segs[len(segs)-1].ToRev, delta.Gaps(segs), base+1, last)
+	}
+	state := map[string]string{}
+	for _, kv := range must(cli.Get(ctx, "", clientv3.WithPrefix(), clientv3.WithRev(base))).Kvs {
+		state[string(kv.Key)] = string(kv.Value)
+	}
+	for _, s := range segs {
+		if err := delta.ReadSegment(ctx, st, s, func(r delta.Revision) error {
+			for _, ev := range r.Events {
+				if ev.Delete {
+					delete(state, string(ev.Key))
+				} else {
+					state[string(ev.Key)] = string(ev.Value)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[string]string{}
+	for _, kv := range must(cli.Get(ctx, "", clientv3.WithPrefix(), clientv3.WithRev(last))).Kvs {
+		want[string(kv.Key)] = string(kv.Value)
+	}
+	if !maps.Equal(state, want) {
+		t.Fatalf("replayed %d keys, etcd has %d", len(state), len(want))
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

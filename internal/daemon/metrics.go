@@ -20,6 +20,9 @@ type metrics struct {
 	stored          prometheus.Gauge
 	retentionDelete prometheus.Counter
 	isLeader        prometheus.Gauge
+	deltaRevision   prometheus.Gauge
+	deltaLag        prometheus.Gauge
+	deltaSegments   prometheus.Counter
 }
 
 func newMetrics(cluster string) *metrics {
@@ -41,13 +44,16 @@ func newMetrics(cluster string) *metrics {
 	m.stored = prometheus.NewGauge(f("etcdguard_snapshots_stored", "Snapshots of the cluster in the store."))
 	m.retentionDelete = prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdguard_retention_deleted_total", Help: "Snapshots deleted by retention.", ConstLabels: l})
 	m.isLeader = prometheus.NewGauge(f("etcdguard_is_leader", "1 if this daemon is the one that takes snapshots."))
+	m.deltaRevision = prometheus.NewGauge(f("etcdguard_delta_last_revision", "Last etcd revision stored in a delta segment."))
+	m.deltaLag = prometheus.NewGauge(f("etcdguard_delta_lag_seconds", "Age of the oldest captured change not yet stored (the delta RPO)."))
+	m.deltaSegments = prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdguard_delta_segments_total", Help: "Delta segments written.", ConstLabels: l})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdguard_build_info", Help: "etcdguard's version.",
 		ConstLabels: prometheus.Labels{"cluster": cluster, "version": version.String()}})
 	build.Set(1)
 	m.age.Set(-1)
-	for _, reason := range []string{"etcd", "store", "verify", "retention"} {
+	for _, reason := range []string{"etcd", "store", "verify", "retention", "delta"} {
 		m.failures.WithLabelValues(reason) // export zeros, so rate() works from the start
 	}
-	reg.MustRegister(m.lastSuccess, m.age, hist, size, m.failures, m.stored, m.retentionDelete, m.isLeader, build)
+	reg.MustRegister(m.lastSuccess, m.age, hist, size, m.failures, m.stored, m.retentionDelete, m.isLeader, m.deltaRevision, m.deltaLag, m.deltaSegments, build)
 	return m
 }
