@@ -72,6 +72,6 @@ func newRootCommandWith(g *globalOptions) *cobra.Command {
 		return fmt.Errorf("%w (see `%s --help`)", err, cmd.CommandPath())
 	})
 	g.addFlags(root)
-	root.AddCommand(newSnapshotCommand(g), newRestoreCommand(g), newDelCommand(g), newGuardCommand(g), newCheckCommand(g), newDaemonCommand(g), newVersionCommand())
+	root.AddCommand(newSnapshotCommand(g), newRestoreCommand(g), newDelCommand(g), newGuardCommand(g), newCheckCommand(g), newDaemonCommand(g), newTimelineCommand(g), newVersionCommand())
 	return root
 }

@@ -58,5 +58,13 @@ func runSnapshotList(ctx context.Context, g *globalOptions) error {
 		rows = append(rows, []string{m.ID, m.CreatedAt.Format(time.RFC3339), humanAge(now.Sub(m.CreatedAt)),
 			fmt.Sprint(m.Revision), humanBytes(m.DBSize), humanBytes(m.StoredSize), m.Compression})
 	}
-	return table(g.stdout, rows)
+	if err := table(g.stdout, rows); err != nil {
+		return err
+	}
+	_, w, err := restorable(ctx, st, cluster)
+	if err != nil {
+		return err
+	}
+	printWindow(g, w)
+	return nil
 }
