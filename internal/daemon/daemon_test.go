@@ -174,7 +174,16 @@ func TestDeltaCapture(t *testing.T) {
 		}
 	}
 	last := must(cli.Get(ctx, "x")).Header.Revision
-	cancel() // a clean stop stores what was buffered
+	// Every change is stored within a few flush intervals (the delta RPO).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if segs, _ := delta.List(ctx, st, "prod"); len(segs) > 0 && segs[len(segs)-1].ToRev >= last {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("revision %d not stored in a delta segment within 10s", last)
+		}
+	}
+	cancel()
 	<-done
 	segs, err := delta.List(ctx, st, "prod")
 	if err != nil || len(segs) == 0 {
