@@ -22,6 +22,7 @@ import (
 	etcdutl "go.etcd.io/etcd/etcdutl/v3/snapshot"
 	"go.uber.org/zap"
 
+	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
 )
@@ -36,11 +37,17 @@ type Options struct {
 	// watchers and caches never see revisions go back in time.
 	BumpRevision  uint64
 	MarkCompacted bool
+	// Deltas, if set, are replayed onto the snapshot up to TargetRev, or up to the last
+	// revision captured at or before TargetTime (point-in-time restore).
+	Deltas     []*delta.Manifest
+	TargetRev  int64
+	TargetTime time.Time
 }
 
 // Result is what was restored; its JSON form is `restore -o json`.
 type Result struct {
 	Snapshot *snapshot.Manifest `json:"snapshot"`
+	Replayed *Replayed          `json:"replayed,omitempty"`  // deltas applied after the snapshot
 	Revision int64              `json:"revision"`            // what the restored members start at
 	KeyCount *int64             `json:"key_count,omitempty"` // from the manifest
 
@@ -106,11 +113,31 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 	// The raw snapshot goes next to the first member, on the disk that must hold it anyway.
 	dbPath := tempName(opts.Members[0].DataDir) + ".db"
 	created = append(created, dbPath)
+	scratch := []string{dbPath} // removed once the members are in place
 	start := time.Now()
-	if err := download(ctx, st, m, dbPath); err != nil {
-		return nil, err
+	var replayed *Replayed
+	if len(opts.Deltas) > 0 {
+		work := tempName(opts.Members[0].DataDir) + ".replay"
+		created, scratch = append(created, work), append(scratch, work)
+		if err := os.Mkdir(work, 0o700); err != nil {
+			return nil, err
+		}
+		rp, out, err := Replay(ctx, st, m, opts.Deltas, opts.TargetRev, opts.TargetTime, work)
+		if err != nil {
+			return nil, err
+		}
+		if opts.TargetRev > 0 && rp.Revision != opts.TargetRev {
+			return nil, fmt.Errorf("revision %d is beyond the captured deltas: the latest reachable point is revision %d (%s)",
+				opts.TargetRev, rp.Revision, rp.Time.UTC().Format(time.RFC3339))
+		}
+		replayed, dbPath = rp, out
+		slog.InfoContext(ctx, "deltas replayed", "snapshot", m.ID, "revision", rp.Revision, "revisions", rp.Revisions, "events", rp.Events, "took", since(start))
+	} else {
+		if err := download(ctx, st, m, dbPath); err != nil {
+			return nil, err
+		}
+		slog.InfoContext(ctx, "snapshot downloaded and verified", "snapshot", m.ID, "db_size", m.DBSize, "took", since(start))
 	}
-	slog.InfoContext(ctx, "snapshot downloaded and verified", "snapshot", m.ID, "db_size", m.DBSize, "took", since(start))
 	// The members are restored in parallel (each only reads the downloaded file) into
 	// hidden temp dirs, and nothing is renamed into place until every one succeeded.
 	tmps := make([]Member, len(opts.Members))
@@ -162,7 +189,10 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 		return nil, err
 	}
 
-	res = &Result{Snapshot: m, Revision: m.Revision, KeyCount: m.KeyCount, InitialCluster: opts.InitialCluster, Token: opts.Token}
+	res = &Result{Snapshot: m, Replayed: replayed, Revision: m.Revision, KeyCount: m.KeyCount, InitialCluster: opts.InitialCluster, Token: opts.Token}
+	if replayed != nil {
+		res.Revision, res.KeyCount = replayed.Revision, nil
+	}
 	if opts.BumpRevision > 0 {
 		// etcd's restore bumps the key bucket's newest revision, which etcdutl reports as
 		// the revision and which is the snapshot's revision unless compaction removed it.
@@ -181,8 +211,10 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 		}
 		res.Members = append(res.Members, MemberResult{Member: mem, Command: startCommand(mem, opts)})
 	}
-	if err := os.Remove(dbPath); err != nil {
-		slog.Warn("could not remove the downloaded snapshot", "path", dbPath, "err", err)
+	for _, tmp := range scratch {
+		if err := os.RemoveAll(tmp); err != nil {
+			slog.Warn("could not remove a temporary file of the restore", "path", tmp, "err", err)
+		}
 	}
 	return res, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/restore"
 )
 
@@ -74,10 +75,21 @@ func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error 
 	if err != nil {
 		return err
 	}
-	res, err := restore.Restore(ctx, st, m, restore.Options{
+	opts := restore.Options{
 		Members: members, InitialCluster: o.members.InitialCluster, Token: o.token,
 		BumpRevision: o.bump, MarkCompacted: o.compact,
-	})
+	}
+	// A point after the chosen snapshot is reached by replaying the captured deltas.
+	if (sel.Revision > m.Revision || !sel.At.IsZero()) && sel.ID == "" {
+		segs, err := delta.List(ctx, st, cluster)
+		if err != nil {
+			return fmt.Errorf("listing delta segments: %w", err)
+		}
+		if len(segs) > 0 && segs[len(segs)-1].ToRev > m.Revision {
+			opts.Deltas, opts.TargetRev, opts.TargetTime = segs, sel.Revision, sel.At
+		}
+	}
+	res, err := restore.Restore(ctx, st, m, opts)
 	if err != nil {
 		return err
 	}
@@ -96,6 +108,10 @@ func printRestore(g *globalOptions, res *restore.Result, bump uint64) error {
 	}
 	fmt.Fprintf(w, "restored snapshot %s of cluster %s (taken %s, revision %d, %s) into %d member(s)\n",
 		m.ID, m.Cluster, m.CreatedAt.Format(time.RFC3339), m.Revision, keys, len(res.Members))
+	if rp := res.Replayed; rp != nil {
+		fmt.Fprintf(w, "replayed %d revisions (%d events) from the deltas: the restored state is revision %d, captured at %s\n",
+			rp.Revisions, rp.Events, rp.Revision, rp.Time.UTC().Format(time.RFC3339))
+	}
 	fmt.Fprintf(w, "cluster token: %s (the restored cluster gets a new cluster ID)\n", res.Token)
 	if bump > 0 {
 		fmt.Fprintf(w, "revision: %d (bumped by %d; every older revision is compacted)\n", res.Revision, bump)
