@@ -119,3 +119,58 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// After etcd compacted past the last captured revision, capture takes a full snapshot and
+// resumes from it; the timeline shows the gap bridged by that snapshot.
+func TestCaptureAfterCompaction(t *testing.T) {
+	ctx := context.Background()
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	st, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A segment ends at revision r; then etcd moves on and compacts past it.
+	r := must(cli.Put(ctx, "/a", "1")).Header.Revision
+	if _, err := WriteSegment(ctx, st, "c1", []Revision{{Rev: r, Time: time.Now(), Events: []Event{{Key: []byte("/a"), Value: []byte("1")}}}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		must(cli.Put(ctx, "/b", fmt.Sprint(i)))
+	}
+	now := must(cli.Get(ctx, "x")).Header.Revision
+	must(cli.Compact(ctx, now, clientv3.WithCompactPhysical()))
+
+	snapped := make(chan int64, 1)
+	cctx, cancel := context.WithCancel(ctx)
+	c := &Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: 100 * time.Millisecond,
+		Snapshot: func(context.Context) (int64, error) {
+			rev := must(cli.Get(ctx, "x")).Header.Revision // stands in for a full snapshot at this revision
+			snapped <- rev
+			return rev, nil
+		}}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(cctx) }()
+	var base int64
+	select {
+	case base = <-snapped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("capture did not take a full snapshot after the compaction")
+	}
+	after := must(cli.Put(ctx, "/c", "after")).Header.Revision
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if segs, _ := List(ctx, st, "c1"); len(segs) == 2 && segs[1].ToRev >= after {
+			if segs[1].FromRev != base+1 {
+				t.Fatalf("resumed at %d, want right after the new snapshot's revision %d", segs[1].FromRev, base)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("capture did not resume after the compaction")
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
