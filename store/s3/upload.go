@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -89,8 +90,7 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 		// ctx may be why we are here: the abort gets a context of its own.
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 		defer cancel()
-		_, aerr := s.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &k, UploadId: uploadID})
-		if aerr != nil && !isNoSuchUpload(aerr) {
+		if aerr := s.abortUpload(actx, k, uploadID); aerr != nil {
 			err = fmt.Errorf("%w (aborting the multipart upload also failed, the next save will retry: %v)", err, aerr)
 		}
 	}()
@@ -256,4 +256,35 @@ func sourceErr(ctx context.Context, err error) error {
 		return err
 	}
 	return fmt.Errorf("read source: %w", err)
+}
+
+// abortUpload aborts a multipart upload until it is gone. A part whose request was
+// cancelled on our side may still be landing on the server, and S3 documents that an
+// abort may then have to be repeated to free everything (servers such as versitygw even
+// bring the upload back); so the upload is looked up again after each abort.
+func (s *Store) abortUpload(ctx context.Context, k string, uploadID *string) error {
+	for attempt := 0; ; attempt++ {
+		_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &k, UploadId: uploadID})
+		if err != nil && !isNoSuchUpload(err) {
+			return err
+		}
+		if attempt == 4 {
+			return nil // AbortIncomplete in the next save catches whatever is still left
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
+		}
+		out, err := s.client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: &k})
+		if isNoSuchUpload(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(out.Uploads, func(u types.MultipartUpload) bool { return aws.ToString(u.UploadId) == aws.ToString(uploadID) }) {
+			return nil
+		}
+	}
 }
