@@ -9,7 +9,6 @@ import (
 
 	"github.com/etcdguard/etcdguard/alerting"
 	"github.com/etcdguard/etcdguard/internal/daemon"
-	"github.com/etcdguard/etcdguard/internal/etcdclient"
 )
 
 func newDaemonCommand(g *globalOptions) *cobra.Command {
@@ -63,17 +62,8 @@ func runDaemon(ctx context.Context, g *globalOptions, cfg daemon.Config, save *s
 	}
 	cfg.Store, cfg.Etcd = st, g.etcd
 	cfg.Save.Compression, cfg.Save.Level, cfg.Save.StaleUploadAge = save.compression, save.level, save.staleUploadAge
-	cfg.Cluster = g.cluster
-	if cfg.Cluster == "" {
-		cli, err := etcdclient.New(ctx, g.etcd)
-		if err != nil {
-			return err
-		}
-		cfg.Cluster, err = g.etcdCluster(ctx, cli)
-		cli.Close()
-		if err != nil {
-			return err
-		}
+	if cfg.Cluster, err = g.clusterName(ctx); err != nil {
+		return err
 	}
 	d, err := daemon.New(cfg)
 	if err != nil {

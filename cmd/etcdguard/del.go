@@ -214,6 +214,20 @@ func (g *globalOptions) guardSession(ctx context.Context) (store.Store, *clientv
 	return st, cli, cluster, etcdUser, nil
 }
 
+// clusterName is --cluster, or etcd's cluster ID in hex asked of etcd, for commands that
+// otherwise do not need an etcd connection.
+func (g *globalOptions) clusterName(ctx context.Context) (string, error) {
+	if g.cluster != "" {
+		return g.cluster, nil
+	}
+	cli, err := etcdclient.New(ctx, g.etcd)
+	if err != nil {
+		return "", fmt.Errorf("%w (or name the cluster with --cluster)", err)
+	}
+	defer cli.Close()
+	return g.etcdCluster(ctx, cli)
+}
+
 // etcdCluster is --cluster, or etcd's cluster ID in hex.
 func (g *globalOptions) etcdCluster(ctx context.Context, cli *clientv3.Client) (string, error) {
 	if g.cluster != "" {

@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/etcdguard/etcdguard/guard"
-	"github.com/etcdguard/etcdguard/internal/etcdclient"
 )
 
 func newGuardCommand(g *globalOptions) *cobra.Command {
@@ -36,16 +35,9 @@ func runGuardPlans(ctx context.Context, g *globalOptions) error {
 	if err != nil {
 		return err
 	}
-	cluster := g.cluster
-	if cluster == "" {
-		cli, err := etcdclient.New(ctx, g.etcd)
-		if err != nil {
-			return fmt.Errorf("%w (or name the cluster with --cluster)", err)
-		}
-		defer cli.Close()
-		if cluster, err = g.etcdCluster(ctx, cli); err != nil {
-			return err
-		}
+	cluster, err := g.clusterName(ctx)
+	if err != nil {
+		return err
 	}
 	plans, err := guard.Plans(ctx, st, cluster)
 	if err != nil {
