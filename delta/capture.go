@@ -25,9 +25,17 @@ type Capturer struct {
 	// Snapshot takes a full snapshot now and returns its revision: where capture starts
 	// when there is nothing to resume from, or after etcd compacted past it.
 	Snapshot func(ctx context.Context) (int64, error)
-	// OnSegment and OnProgress feed metrics; both may be nil.
+	// OnSegment, OnProgress and OnTrouble feed metrics and alerts; all may be nil.
 	OnSegment  func(*Manifest)
 	OnProgress func(lastRev int64, lag time.Duration)
+	// OnTrouble reports why capture is interrupted: kind is "compacted" (revisions were
+	// lost to compaction; a full snapshot bridged them) or "failing" (the watch or the
+	// store fails; capture retries from the last stored revision).
+	OnTrouble func(kind string, err error)
+
+	ttls    map[int64]int64 // lease id → granted TTL, as asked from etcd
+	pending time.Time       // capture time of the oldest change not yet stored
+	stored  int64           // the last revision stored (or the snapshot capture resumed from)
 }
 
 // ResumeRevision is the revision after which capture continues: the last stored segment's
@@ -51,40 +59,74 @@ func ResumeRevision(ctx context.Context, st store.Store, cluster string) (int64,
 	return rev, nil
 }
 
-// Run captures until ctx ends, then writes what it buffered.
+// Run captures until ctx ends, then writes what it buffered. It does not give up: after
+// a failure it resumes, with backoff, from the last revision stored.
 func (c *Capturer) Run(ctx context.Context) error {
 	log := slog.With("component", "delta", "cluster", c.Cluster)
-	rev, err := ResumeRevision(ctx, c.Store, c.Cluster)
-	if err != nil {
-		return fmt.Errorf("finding where delta capture resumes: %w", err)
-	}
-	if rev == 0 {
-		if rev, err = c.Snapshot(ctx); err != nil {
-			return fmt.Errorf("taking the full snapshot delta capture starts from: %w", err)
-		}
-	}
+	backoff := time.Second
 	for ctx.Err() == nil {
-		next, err := c.watch(ctx, rev, log)
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			// The revisions after rev are gone from etcd: a full snapshot bridges the gap.
-			log.Error("etcd compacted past the last captured revision; taking a full snapshot to resume from", "revision", rev)
-			if next, err = c.Snapshot(ctx); err != nil {
-				return fmt.Errorf("resuming delta capture after compaction: %w", err)
-			}
-		} else if err != nil && ctx.Err() == nil {
-			log.Warn("delta watch ended; resuming", "revision", next, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
+		progressed, err := c.runOnce(ctx, log)
+		if ctx.Err() != nil {
+			break
 		}
-		rev = next
+		if progressed {
+			backoff = time.Second
+		}
+		log.Warn("delta capture interrupted; resuming from the last stored revision", "in", backoff, "err", err)
+		c.trouble("failing", err)
+		if c.OnProgress != nil && !c.pending.IsZero() {
+			// what was captured is not stored, so the RPO keeps growing
+			c.OnProgress(c.stored, time.Since(c.pending))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
 	}
 	return nil
 }
 
+func (c *Capturer) trouble(kind string, err error) {
+	if c.OnTrouble != nil {
+		c.OnTrouble(kind, err)
+	}
+}
+
+// runOnce resumes from the store and captures until an error; progressed says whether it
+// stored anything.
+func (c *Capturer) runOnce(ctx context.Context, log *slog.Logger) (progressed bool, err error) {
+	rev, err := ResumeRevision(ctx, c.Store, c.Cluster)
+	if err != nil {
+		return false, fmt.Errorf("finding where delta capture resumes: %w", err)
+	}
+	if rev == 0 {
+		if rev, err = c.Snapshot(ctx); err != nil {
+			return false, fmt.Errorf("taking the full snapshot delta capture starts from: %w", err)
+		}
+	}
+	start := rev
+	for {
+		c.stored = rev
+		next, err := c.watch(ctx, rev)
+		progressed = progressed || next > start
+		if !errors.Is(err, rpctypes.ErrCompacted) {
+			return progressed, err
+		}
+		// The revisions after next are gone from etcd: a full snapshot bridges the gap,
+		// and points inside it can no longer be restored exactly.
+		log.Error("etcd compacted past the last captured revision; taking a full snapshot to resume from", "revision", next)
+		c.trouble("compacted", fmt.Errorf("etcd compacted revisions after %d before they were captured: %w", next, err))
+		if rev, err = c.Snapshot(ctx); err != nil {
+			return progressed, fmt.Errorf("resuming delta capture after compaction: %w", err)
+		}
+	}
+}
+
 // watch captures revisions after rev until an error, and returns the last revision stored.
-func (c *Capturer) watch(ctx context.Context, rev int64, log *slog.Logger) (int64, error) {
+// What it has buffered is bounded by MaxBytes: when the store refuses a flush, watch drops
+// the buffer and returns, and the next attempt reads those revisions from etcd again.
+func (c *Capturer) watch(ctx context.Context, rev int64) (int64, error) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := c.Cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify(), clientv3.WithFragment())
@@ -98,7 +140,7 @@ func (c *Capturer) watch(ctx context.Context, rev int64, log *slog.Logger) (int6
 		if err != nil {
 			return err
 		}
-		rev, buf, size = m.ToRev, nil, 0
+		rev, buf, size, c.pending, c.stored = m.ToRev, nil, 0, time.Time{}, m.ToRev
 		if c.OnSegment != nil {
 			c.OnSegment(m)
 		}
@@ -109,8 +151,8 @@ func (c *Capturer) watch(ctx context.Context, rev int64, log *slog.Logger) (int6
 			return
 		}
 		var lag time.Duration
-		if len(buf) > 0 {
-			lag = time.Since(buf[0].Time)
+		if !c.pending.IsZero() {
+			lag = time.Since(c.pending)
 		}
 		c.OnProgress(rev, lag)
 	}
@@ -119,11 +161,14 @@ func (c *Capturer) watch(ctx context.Context, rev int64, log *slog.Logger) (int6
 	for {
 		select {
 		case <-ctx.Done():
-			err := flush(context.WithoutCancel(ctx))
+			// Shutdown or lost leadership: store what was captured, within reason.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			err := flush(fctx)
 			return rev, err
 		case <-t.C:
 			if err := flush(ctx); err != nil {
-				log.Warn("writing a delta segment failed; retrying", "err", err)
+				return rev, err
 			}
 			progress()
 		case resp, ok := <-wch:
@@ -133,22 +178,63 @@ func (c *Capturer) watch(ctx context.Context, rev int64, log *slog.Logger) (int6
 			if err := resp.Err(); err != nil {
 				return rev, errors.Join(flush(ctx), err)
 			}
-			for _, r := range FromWatch(resp, time.Now()) {
+			revs := FromWatch(resp, time.Now())
+			c.leaseTTLs(ctx, revs)
+			full := func() bool { return c.MaxBytes > 0 && size >= c.MaxBytes }
+			for _, r := range revs {
 				if n := len(buf); n > 0 && buf[n-1].Rev == r.Rev {
 					buf[n-1].Events = append(buf[n-1].Events, r.Events...)
 				} else {
+					// A catch-up response can hold many revisions: cut segments at
+					// revision boundaries inside it too.
+					if full() {
+						if err := flush(ctx); err != nil {
+							return rev, err
+						}
+					}
 					buf = append(buf, r)
+					if c.pending.IsZero() {
+						c.pending = r.Time
+					}
 				}
 				for _, e := range r.Events {
 					size += len(e.Key) + len(e.Value)
 				}
 			}
-			if c.MaxBytes > 0 && size >= c.MaxBytes {
+			if full() {
 				if err := flush(ctx); err != nil {
-					log.Warn("writing a delta segment failed; retrying", "err", err)
+					return rev, err
 				}
 			}
 			progress()
+		}
+	}
+}
+
+// leaseTTLs records each leased key's lease TTL, asking etcd once per lease (the watch
+// carries only the id), so a replay grants the lease again as it was.
+func (c *Capturer) leaseTTLs(ctx context.Context, revs []Revision) {
+	if c.ttls == nil || len(c.ttls) > 1<<16 {
+		c.ttls = map[int64]int64{}
+	}
+	for i := range revs {
+		for j := range revs[i].Events {
+			e := &revs[i].Events[j]
+			if e.Lease == 0 {
+				continue
+			}
+			ttl, ok := c.ttls[e.Lease]
+			if !ok {
+				tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				resp, err := c.Cli.TimeToLive(tctx, clientv3.LeaseID(e.Lease))
+				cancel()
+				if err != nil {
+					continue // the replay falls back to DefaultLeaseTTL; the next event asks again
+				}
+				ttl = resp.GrantedTTL
+				c.ttls[e.Lease] = ttl
+			}
+			e.LeaseTTL = ttl
 		}
 	}
 }

@@ -35,6 +35,9 @@ type Event struct {
 	CreateRev int64  `json:"create_rev,omitempty"`
 	Version   int64  `json:"version,omitempty"`
 	Lease     int64  `json:"lease,omitempty"`
+	// LeaseTTL is the lease's granted TTL in seconds, as the capture learned it; 0 if the
+	// lease was already gone (its keys are deleted in a later revision).
+	LeaseTTL int64 `json:"lease_ttl,omitempty"`
 }
 
 // Revision is every event of one etcd revision (a transaction may change many keys) and

@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,7 +148,10 @@ func TestCaptureAfterCompaction(t *testing.T) {
 
 	snapped := make(chan int64, 1)
 	cctx, cancel := context.WithCancel(ctx)
+	var troubles []string
+	var mu sync.Mutex
 	c := &Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: 100 * time.Millisecond,
+		OnTrouble: func(kind string, _ error) { mu.Lock(); troubles = append(troubles, kind); mu.Unlock() },
 		Snapshot: func(context.Context) (int64, error) {
 			rev := must(cli.Get(ctx, "x")).Header.Revision // stands in for a full snapshot at this revision
 			snapped <- rev
@@ -172,5 +180,95 @@ func TestCaptureAfterCompaction(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(troubles, "compacted") {
+		t.Fatalf("the compaction was not reported (for the alert): %v", troubles)
+	}
+}
+
+// flaky is the file store with writes that fail while down is set: the store is
+// unreachable, the way a network partition or an expired credential looks.
+type flaky struct {
+	store.Store
+	down atomic.Bool
+}
+
+func (f *flaky) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	if f.down.Load() {
+		return 0, errors.New("store unreachable")
+	}
+	return f.Store.Put(ctx, key, r)
+}
+
+// While the store refuses writes, capture reports it, keeps no more than MaxBytes, and once
+// the store is back it stores every revision of the outage, chained without a gap.
+func TestCaptureWhileStoreDown(t *testing.T) {
+	ctx := context.Background()
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	fs, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &flaky{Store: fs}
+	base := must(cli.Put(ctx, "/base", "x")).Header.Revision
+	troubled := make(chan string, 100)
+	cctx, cancel := context.WithCancel(ctx)
+	c := &Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: 50 * time.Millisecond, MaxBytes: 4 << 10,
+		Snapshot:  func(context.Context) (int64, error) { return base, nil },
+		OnTrouble: func(kind string, _ error) { troubled <- kind }}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(cctx) }()
+	defer func() { cancel(); <-done }()
+
+	st.down.Store(true)
+	value := strings.Repeat("v", 1000)
+	for i := range 200 { // 200 KB while the store is down: 50 times MaxBytes
+		must(cli.Put(ctx, fmt.Sprintf("/k/%d", i%30), value))
+	}
+	select {
+	case kind := <-troubled:
+		if kind != "failing" {
+			t.Fatalf("trouble %q, want failing", kind)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a store that refuses writes was not reported")
+	}
+	if segs, _ := List(ctx, fs, "c1"); len(segs) != 0 {
+		t.Fatalf("%d segments stored while the store was down", len(segs))
+	}
+	st.down.Store(false)
+	last := must(cli.Put(ctx, "/after", "1")).Header.Revision
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		segs, err := List(ctx, fs, "c1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(segs) > 0 && segs[len(segs)-1].ToRev == last {
+			if segs[0].FromRev != base+1 || len(Gaps(segs)) != 0 {
+				t.Fatalf("segments from %d with gaps %v, want every revision after %d", segs[0].FromRev, Gaps(segs), base)
+			}
+			for _, m := range segs {
+				var raw int
+				if err := ReadSegment(ctx, fs, m, func(r Revision) error {
+					for _, ev := range r.Events {
+						raw += len(ev.Key) + len(ev.Value)
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				// a segment closes at the first watch response past MaxBytes
+				if raw > 2*c.MaxBytes {
+					t.Fatalf("segment %s holds %d bytes of changes, MaxBytes is %d", m.Object, raw, c.MaxBytes)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("capture did not catch up after the store came back")
+		}
 	}
 }

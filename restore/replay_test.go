@@ -2,8 +2,10 @@ package restore
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/lease/leasepb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/etcdguard/etcdguard/delta"
@@ -20,8 +23,8 @@ import (
 )
 
 type kvState struct {
-	value                string
-	create, mod, version int64
+	value                       string
+	create, mod, version, lease int64
 }
 
 // stateOf reads the live keys of an etcd bbolt file: the newest revision of each key,
@@ -43,7 +46,7 @@ func stateOf(t *testing.T, path string) map[string]kvState {
 			if len(k) == 18 && k[17] == 't' {
 				delete(out, string(kv.Key))
 			} else {
-				out[string(kv.Key)] = kvState{string(kv.Value), kv.CreateRevision, kv.ModRevision, kv.Version}
+				out[string(kv.Key)] = kvState{string(kv.Value), kv.CreateRevision, kv.ModRevision, kv.Version, kv.Lease}
 			}
 			return nil
 		})
@@ -52,6 +55,33 @@ func stateOf(t *testing.T, path string) map[string]kvState {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// leaseTTL reads a lease's granted TTL from an etcd bbolt file; 0 if it is absent.
+func leaseTTL(t *testing.T, path string, id int64) int64 {
+	t.Helper()
+	db, err := bolt.Open(path, 0o400, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var ttl int64
+	err = db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket([]byte("lease")).Get(binary.BigEndian.AppendUint64(nil, uint64(id)))
+		if v == nil {
+			return nil
+		}
+		var l leasepb.Lease
+		if err := proto.Unmarshal(v, &l); err != nil {
+			return err
+		}
+		ttl = l.TTL
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ttl
 }
 
 func TestReplayToRevisions(t *testing.T) {
@@ -74,7 +104,7 @@ func TestReplayToRevisions(t *testing.T) {
 	capt := &delta.Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: 100 * time.Millisecond}
 	go func() { capt.Run(cctx); close(done) }()
 
-	lease, err := cli.Grant(ctx, 3600)
+	lease, err := cli.Grant(ctx, 777)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +147,11 @@ func TestReplayToRevisions(t *testing.T) {
 	}
 	for _, target := range []int64{base.Revision, base.Revision + 1, base.Revision + 37, base.Revision + 52, last.Header.Revision} {
 		t.Run(fmt.Sprint(target), func(t *testing.T) {
-			got, path, err := Replay(ctx, st, base, segs, target, time.Time{}, t.TempDir())
+			path := filepath.Join(t.TempDir(), "db")
+			if err := download(ctx, st, base, path); err != nil {
+				t.Fatal(err)
+			}
+			got, err := Replay(ctx, st, base, segs, target, time.Time{}, path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,16 +164,25 @@ func TestReplayToRevisions(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, kv := range resp.Kvs {
-				want[string(kv.Key)] = kvState{string(kv.Value), kv.CreateRevision, kv.ModRevision, kv.Version}
+				want[string(kv.Key)] = kvState{string(kv.Value), kv.CreateRevision, kv.ModRevision, kv.Version, kv.Lease}
 			}
 			if have := stateOf(t, path); !maps.Equal(have, want) {
 				t.Fatalf("replayed keyspace at %d differs from etcd's: %d keys vs %d", target, len(have), len(want))
+			}
+			if target > base.Revision+3 {
+				if ttl := leaseTTL(t, path, int64(lease.ID)); ttl != 777 {
+					t.Fatalf("lease %x replayed with TTL %d, want the original 777", lease.ID, ttl)
+				}
 			}
 		})
 	}
 	// A missing segment stops the replay and names the latest reachable point.
 	if len(segs) > 1 {
-		_, _, err := Replay(ctx, st, base, []*delta.Manifest{segs[0], segs[len(segs)-1]}, last.Header.Revision, time.Time{}, t.TempDir())
+		path := filepath.Join(t.TempDir(), "db")
+		if err := download(ctx, st, base, path); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Replay(ctx, st, base, []*delta.Manifest{segs[0], segs[len(segs)-1]}, last.Header.Revision, time.Time{}, path)
 		if err == nil || !strings.Contains(err.Error(), "latest reachable point") {
 			t.Fatalf("gap: %v", err)
 		}

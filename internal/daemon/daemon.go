@@ -73,6 +73,9 @@ type Daemon struct {
 	addrOnce chan struct{}
 	alerter  *alerting.Alerter
 	failing  atomic.Int64 // failed snapshot runs in a row
+
+	deltaFailingSince atomic.Pointer[deltaEvent] // capture failing, not stored since
+	deltaLost         atomic.Pointer[deltaEvent] // the last loss of revisions to compaction
 }
 
 // New checks the configuration; Run starts the work.
@@ -279,16 +282,55 @@ func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client) {
 			}
 			return m.Revision, nil
 		},
-		OnSegment: func(m *delta.Manifest) { d.m.deltaSegments.Inc() },
+		OnSegment: func(m *delta.Manifest) {
+			d.m.deltaSegments.Inc()
+			d.deltaFailingSince.Store(nil)
+		},
 		OnProgress: func(rev int64, lag time.Duration) {
 			d.m.deltaRevision.Set(float64(rev))
 			d.m.deltaLag.Set(lag.Seconds())
 		},
+		OnTrouble: func(kind string, err error) {
+			d.m.deltaInterruptions.WithLabelValues(kind).Inc()
+			now := time.Now()
+			switch kind {
+			case "compacted":
+				d.deltaLost.Store(&deltaEvent{at: now, err: err})
+			default: // keep when it started failing, with the newest error
+				if prev := d.deltaFailingSince.Load(); prev != nil {
+					now = prev.at
+				}
+				d.deltaFailingSince.Store(&deltaEvent{at: now, err: err})
+			}
+		},
 	}
-	if err := c.Run(ctx); err != nil && ctx.Err() == nil {
-		d.m.failures.WithLabelValues("delta").Inc()
-		d.log.Error("delta capture stopped", "err", err)
+	c.Run(ctx)
+	// Another daemon captures now; a stale lag here must not hold up an alert.
+	d.m.deltaLag.Set(0)
+	d.deltaFailingSince.Store(nil)
+}
+
+// deltaEvent is a delta capture interruption, kept until the alert it raises is evaluated.
+type deltaEvent struct {
+	at  time.Time
+	err error
+}
+
+// deltaAlerts are the leader's delta capture conditions: capture failing for over a
+// minute (transient watch reconnects do not page), and revisions lost to compaction
+// within the last alert-repeat period (an event, so it fires once and then resolves).
+func (d *Daemon) deltaAlerts(now time.Time) []alerting.Alert {
+	var out []alerting.Alert
+	if e := d.deltaFailingSince.Load(); e != nil && now.Sub(e.at) >= time.Minute {
+		out = append(out, alerting.Alert{Name: "EtcdDeltaCaptureFailing", Cluster: d.cfg.Cluster, Severity: "warning",
+			Summary: fmt.Sprintf("delta capture has stored nothing since %s (point-in-time restore stops there): %v; it keeps retrying, see the daemon's log",
+				e.at.UTC().Format(time.RFC3339), e.err)})
 	}
+	if e := d.deltaLost.Load(); e != nil && now.Sub(e.at) < d.cfg.AlertRepeat {
+		out = append(out, alerting.Alert{Name: "EtcdDeltaGap", Cluster: d.cfg.Cluster, Severity: "warning",
+			Summary: fmt.Sprintf("%v; a full snapshot bridged them, so points inside that gap cannot be restored exactly (see `etcdguard timeline`); capture more often or compact less eagerly", e.err)})
+	}
+	return out
 }
 
 // snapshotRun saves, optionally verifies, then prunes. Retention never runs after a
@@ -397,6 +439,7 @@ func (d *Daemon) checkOnce(ctx context.Context) {
 	if n := d.failing.Load(); n >= int64(d.cfg.AlertAfter) {
 		alert("EtcdSnapshotFailing", "critical", fmt.Sprintf("%d snapshot runs in a row failed; see the etcdguard daemon's log", n))
 	}
+	active = append(active, d.deltaAlerts(time.Now())...)
 	if err := d.alerter.Update(ctx, active, time.Now(), d.notifies(ctx)); err != nil && ctx.Err() == nil {
 		d.log.Warn("alerts not delivered", "err", err)
 	}

@@ -3,12 +3,14 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -224,4 +226,44 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+func TestDeltaAlerts(t *testing.T) {
+	now := time.Date(2026, 11, 27, 2, 13, 5, 0, time.UTC)
+	failing := errors.New("storing delta segment: store unreachable")
+	lost := errors.New("etcd compacted revisions after 41 before they were captured")
+	for _, tc := range []struct {
+		name          string
+		failingSince  time.Duration // before now; 0: not failing
+		lostAgo       time.Duration // 0: never
+		want          []string
+		wantInSummary string
+	}{
+		{name: "healthy"},
+		{name: "a reconnect is not an alert", failingSince: 20 * time.Second},
+		{name: "failing for minutes", failingSince: 3 * time.Minute, want: []string{"EtcdDeltaCaptureFailing"}, wantInSummary: "store unreachable"},
+		{name: "revisions lost just now", lostAgo: time.Second, want: []string{"EtcdDeltaGap"}, wantInSummary: "after 41"},
+		{name: "loss long ago resolved", lostAgo: 2 * time.Hour},
+		{name: "both", failingSince: time.Hour, lostAgo: time.Minute, want: []string{"EtcdDeltaCaptureFailing", "EtcdDeltaGap"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Daemon{cfg: Config{Cluster: "prod", AlertRepeat: time.Hour}}
+			if tc.failingSince > 0 {
+				d.deltaFailingSince.Store(&deltaEvent{at: now.Add(-tc.failingSince), err: failing})
+			}
+			if tc.lostAgo > 0 {
+				d.deltaLost.Store(&deltaEvent{at: now.Add(-tc.lostAgo), err: lost})
+			}
+			var names []string
+			for _, a := range d.deltaAlerts(now) {
+				names = append(names, a.Name)
+				if a.Cluster != "prod" || !strings.Contains(a.Summary, tc.wantInSummary) {
+					t.Errorf("%s: cluster %q, summary %q", a.Name, a.Cluster, a.Summary)
+				}
+			}
+			if !slices.Equal(names, tc.want) {
+				t.Fatalf("alerts %v, want %v", names, tc.want)
+			}
+		})
+	}
 }

@@ -23,6 +23,9 @@ type metrics struct {
 	deltaRevision   prometheus.Gauge
 	deltaLag        prometheus.Gauge
 	deltaSegments   prometheus.Counter
+	// deltaInterruptions counts capture interruptions: "compacted" lost revisions,
+	// "failing" ones are retried without loss.
+	deltaInterruptions *prometheus.CounterVec
 }
 
 func newMetrics(cluster string) *metrics {
@@ -47,13 +50,18 @@ func newMetrics(cluster string) *metrics {
 	m.deltaRevision = prometheus.NewGauge(f("etcdguard_delta_last_revision", "Last etcd revision stored in a delta segment."))
 	m.deltaLag = prometheus.NewGauge(f("etcdguard_delta_lag_seconds", "Age of the oldest captured change not yet stored (the delta RPO)."))
 	m.deltaSegments = prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdguard_delta_segments_total", Help: "Delta segments written.", ConstLabels: l})
+	m.deltaInterruptions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "etcdguard_delta_interruptions_total",
+		Help: "Delta capture interruptions: compacted (etcd compacted revisions before they were captured; a full snapshot bridged them) or failing (watch or store errors, retried).", ConstLabels: l}, []string{"reason"})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdguard_build_info", Help: "etcdguard's version.",
 		ConstLabels: prometheus.Labels{"cluster": cluster, "version": version.String()}})
 	build.Set(1)
 	m.age.Set(-1)
-	for _, reason := range []string{"etcd", "store", "verify", "retention", "delta"} {
+	for _, reason := range []string{"etcd", "store", "verify", "retention"} {
 		m.failures.WithLabelValues(reason) // export zeros, so rate() works from the start
 	}
-	reg.MustRegister(m.lastSuccess, m.age, hist, size, m.failures, m.stored, m.retentionDelete, m.isLeader, m.deltaRevision, m.deltaLag, m.deltaSegments, build)
+	for _, reason := range []string{"compacted", "failing"} {
+		m.deltaInterruptions.WithLabelValues(reason)
+	}
+	reg.MustRegister(m.lastSuccess, m.age, hist, size, m.failures, m.stored, m.retentionDelete, m.isLeader, m.deltaRevision, m.deltaLag, m.deltaSegments, m.deltaInterruptions, build)
 	return m
 }

@@ -72,7 +72,7 @@ func TestPrometheusRules(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"EtcdSnapshotTooOld", "EtcdSnapshotMissing", "EtcdSnapshotFailing", "EtcdguardDown"} {
+	for _, want := range []string{"EtcdSnapshotTooOld", "EtcdSnapshotMissing", "EtcdSnapshotFailing", "EtcdguardDown", "EtcdDeltaLagHigh", "EtcdDeltaGap"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no %s rule", want)
 		}
