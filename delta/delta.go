@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
 )
 
@@ -65,6 +67,10 @@ type Manifest struct {
 func prefix(cluster string) string { return cluster + "/deltas/" }
 
 func baseName(from, to int64) string { return fmt.Sprintf("%020d-%020d", from, to) }
+
+func manifestKey(cluster string, m *Manifest) string {
+	return prefix(cluster) + baseName(m.FromRev, m.ToRev) + ".json"
+}
 
 // WriteSegment stores revs (ascending, consecutive) as one segment: data first, manifest last.
 func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Revision) (*Manifest, error) {
@@ -108,7 +114,7 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Re
 	if err != nil {
 		return nil, err
 	}
-	if err := store.PutBytes(ctx, st, prefix(cluster)+baseName(m.FromRev, m.ToRev)+".json", b); err != nil {
+	if err := store.PutBytes(ctx, st, manifestKey(cluster, m), b); err != nil {
 		return nil, fmt.Errorf("storing the manifest of delta segment %s: %w", m.Object, err)
 	}
 	return m, nil
@@ -213,4 +219,64 @@ func FromWatch(resp clientv3.WatchResponse, now time.Time) []Revision {
 		out[len(out)-1].Events = append(out[len(out)-1].Events, e)
 	}
 	return out
+}
+
+// Prune deletes the segments no kept snapshot can reach: those ending at or below the
+// oldest snapshot that retention keeps (decisions, from snapshot.Prune; snapshots not in
+// it are kept). It returns the segments deleted, or that would be with dryRun. Each
+// manifest goes before its data, so a segment never appears without its data.
+func Prune(ctx context.Context, st store.Store, cluster string, decisions []snapshot.Decision, dryRun bool) ([]*Manifest, error) {
+	snaps, err := snapshot.List(ctx, st, cluster)
+	if err != nil {
+		return nil, err
+	}
+	dropped := map[string]bool{}
+	for _, d := range decisions {
+		dropped[d.ID] = !d.Keep
+	}
+	var floor int64 = -1
+	for _, s := range snaps {
+		if !dropped[s.ID] && (floor < 0 || s.Revision < floor) {
+			floor = s.Revision
+		}
+		delete(dropped, s.ID)
+	}
+	for id, drop := range dropped {
+		if !drop {
+			// A kept snapshot did not list (a manifest unreadable for a moment): its
+			// revision is unknown, so nothing is safe to delete this time.
+			slog.WarnContext(ctx, "not pruning delta segments: a kept snapshot is missing from the listing", "cluster", cluster, "snapshot", id)
+			return nil, nil
+		}
+	}
+	if floor < 0 {
+		return nil, nil // no snapshot kept: keep the deltas for whoever looks
+	}
+	segs, err := List(ctx, st, cluster)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Manifest
+	for _, m := range segs {
+		if m.ToRev > floor {
+			break
+		}
+		out = append(out, m)
+		if dryRun {
+			continue
+		}
+		keys := []string{manifestKey(cluster, m)}
+		if strings.HasPrefix(m.Object, prefix(cluster)) { // a manifest only names its own cluster's objects
+			keys = append(keys, m.Object)
+		}
+		for _, key := range keys {
+			if err := st.Delete(ctx, key); err != nil {
+				return out, fmt.Errorf("pruning delta segment %s (deleting %s): %w; run prune again to finish", m.Object, key, err)
+			}
+		}
+	}
+	if len(out) > 0 && !dryRun {
+		slog.InfoContext(ctx, "delta segments pruned: no kept snapshot reaches them", "cluster", cluster, "segments", len(out), "to_revision", out[len(out)-1].ToRev)
+	}
+	return out, nil
 }

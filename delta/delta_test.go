@@ -2,6 +2,7 @@ package delta
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdguard/etcdguard/internal/testharness"
+	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
 	"github.com/etcdguard/etcdguard/store/file"
 )
@@ -270,5 +272,62 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("capture did not catch up after the store came back")
 		}
+	}
+}
+
+// Retention drops the segments that no kept snapshot can reach, and only those.
+func TestPrune(t *testing.T) {
+	ctx := context.Background()
+	st, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	for i, rev := range []int64{10, 30} {
+		m := snapshot.Manifest{ID: fmt.Sprintf("s%d", rev), Object: fmt.Sprintf("c1/snapshots/s%d.db.zst", rev), Cluster: "c1", Revision: rev, CreatedAt: now.Add(time.Duration(i) * time.Minute)}
+		if err := store.PutBytes(ctx, st, "c1/snapshots/"+m.ID+".json", must(json.Marshal(m))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for from := int64(11); from < 50; from += 10 { // 11-20 21-30 31-40 41-50
+		var revs []Revision
+		for r := from; r < from+10; r++ {
+			revs = append(revs, Revision{Rev: r, Time: now, Events: []Event{{Key: []byte("/k"), Value: []byte("v")}}})
+		}
+		must(WriteSegment(ctx, st, "c1", revs))
+	}
+	for _, tc := range []struct {
+		name     string
+		drop     []string // snapshots retention deletes
+		unlisted bool     // retention kept a snapshot that this listing misses
+		dryRun   bool
+		wantFrom int64 // first segment left
+	}{
+		{name: "oldest snapshot kept: all reachable", wantFrom: 11},
+		{name: "dry run changes nothing", drop: []string{"s10"}, dryRun: true, wantFrom: 11},
+		{name: "a kept snapshot did not list: prune nothing", drop: []string{"s10"}, unlisted: true, wantFrom: 11},
+		{name: "oldest dropped", drop: []string{"s10"}, wantFrom: 31},
+		{name: "every snapshot dropped: keep the deltas", drop: []string{"s10", "s30"}, wantFrom: 31},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ds []snapshot.Decision
+			for _, id := range []string{"s10", "s30"} {
+				ds = append(ds, snapshot.Decision{ID: id, Keep: !slices.Contains(tc.drop, id)})
+			}
+			if tc.unlisted {
+				ds = append(ds, snapshot.Decision{ID: "s5", Keep: true})
+			}
+			if _, err := Prune(ctx, st, "c1", ds, tc.dryRun); err != nil {
+				t.Fatal(err)
+			}
+			segs := must(List(ctx, st, "c1"))
+			if len(segs) == 0 || segs[0].FromRev != tc.wantFrom || segs[len(segs)-1].ToRev != 50 {
+				t.Fatalf("segments left: %d, from %v", len(segs), segs)
+			}
+			objs := must(st.List(ctx, "c1/deltas/"))
+			if len(objs) != 2*len(segs) {
+				t.Fatalf("%d objects for %d segments: data left without its manifest", len(objs), len(segs))
+			}
+		})
 	}
 }

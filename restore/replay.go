@@ -73,8 +73,8 @@ func Replay(ctx context.Context, st store.Store, base *snapshot.Manifest, segs [
 			continue
 		}
 		if seg.FromRev > next {
-			return nil, fmt.Errorf("deltas are missing revisions %d to %d: the latest reachable point from snapshot %s is revision %d (%s)",
-				next, seg.FromRev-1, base.ID, res.Revision, res.Time.UTC().Format(time.RFC3339))
+			return nil, fmt.Errorf("deltas are missing revisions %d to %d: the latest reachable point is revision %d (%s); a later snapshot may cover the rest (`etcdguard timeline`)",
+				next, seg.FromRev-1, res.Revision, res.Time.UTC().Format(time.RFC3339))
 		}
 		err := delta.ReadSegment(ctx, st, seg, func(r delta.Revision) error {
 			if err := ctx.Err(); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
@@ -320,4 +321,92 @@ func TestRestoreDiskFull(t *testing.T) {
 	if left := entries(t, dir); len(left) > 0 {
 		t.Fatalf("left %v", left)
 	}
+}
+
+// Deltas that cannot be trusted stop a point-in-time restore before any member is written:
+// the error names the latest point that is reachable, and nothing is left behind.
+func TestRestoreRefusesBadDeltas(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1)
+	base := f.snaps[0]
+	var revs []delta.Revision
+	for i := range 30 {
+		r := must(f.cli.Put(ctx, fmt.Sprintf("/registry/pods/ns0/p%d", i), "changed")).Header.Revision
+		revs = append(revs, delta.Revision{Rev: r, Time: time.Now(), Events: []delta.Event{{Key: fmt.Appendf(nil, "/registry/pods/ns0/p%d", i), Value: []byte("changed")}}})
+	}
+	var segs []*delta.Manifest
+	for i := 0; i < len(revs); i += 10 {
+		m, err := delta.WriteSegment(ctx, f.st, "c1", revs[i:i+10])
+		if err != nil {
+			t.Fatal(err)
+		}
+		segs = append(segs, m)
+	}
+	target := revs[25].Rev
+	reachable := fmt.Sprintf("latest reachable point is revision %d", segs[0].ToRev)
+	tests := []struct {
+		name string
+		segs func(t *testing.T) []*delta.Manifest
+		want string
+	}{
+		{"corrupt segment", func(t *testing.T) []*delta.Manifest {
+			m := *segs[1]
+			m.Object += ".flipped"
+			b, err := store.ReadAll(ctx, f.st, segs[1].Object, 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[len(b)/2] ^= 0x40
+			if err := store.PutBytes(ctx, f.st, m.Object, b); err != nil {
+				t.Fatal(err)
+			}
+			return []*delta.Manifest{segs[0], &m, segs[2]}
+		}, reachable},
+		{"segment object missing", func(*testing.T) []*delta.Manifest {
+			m := *segs[1]
+			m.Object += ".gone"
+			return []*delta.Manifest{segs[0], &m, segs[2]}
+		}, reachable},
+		{"gap between segments", func(*testing.T) []*delta.Manifest {
+			return []*delta.Manifest{segs[0], segs[2]}
+		}, reachable},
+		{"target beyond the deltas", func(*testing.T) []*delta.Manifest {
+			return segs[:2]
+		}, fmt.Sprintf("latest reachable point is revision %d", segs[1].ToRev)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			parent := filepath.Join(t.TempDir(), "restore")
+			opts := oneMember(t, parent)
+			opts.Deltas, opts.TargetRev = tc.segs(t), target
+			_, err := Restore(ctx, f.st, base, opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if _, err := os.Stat(parent); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the refused restore left %v", entries(t, parent))
+			}
+		})
+	}
+	// The same deltas, intact, reach the target.
+	parent := filepath.Join(t.TempDir(), "restore")
+	opts := oneMember(t, parent)
+	opts.Deltas, opts.TargetRev = segs, target
+	res, err := Restore(ctx, f.st, base, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Revision != target || res.Replayed.Revisions != int(target-base.Revision) {
+		t.Fatalf("reached revision %d after %d revisions, want %d", res.Revision, res.Replayed.Revisions, target)
+	}
+	if left := entries(t, parent); len(left) != 1 {
+		t.Fatalf("after the restore %v is in %s, want only the data dir", left, parent)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/snapshot"
 )
 
@@ -50,6 +51,10 @@ func runSnapshotPrune(ctx context.Context, g *globalOptions, o *pruneOptions) er
 	if err != nil {
 		return err
 	}
+	segs, err := delta.Prune(ctx, st, cluster, ds, o.dryRun)
+	if err != nil {
+		return err
+	}
 	if g.output == "json" {
 		return printJSON(g.stdout, ds)
 	}
@@ -69,5 +74,8 @@ func runSnapshotPrune(ctx context.Context, g *globalOptions, o *pruneOptions) er
 		return err
 	}
 	fmt.Fprintf(g.stdout, "%s %d of %d snapshots of cluster %s\n", verb, deleted, len(ds), cluster)
+	if len(segs) > 0 {
+		fmt.Fprintf(g.stdout, "%s %d delta segments up to revision %d: no kept snapshot reaches them\n", verb, len(segs), segs[len(segs)-1].ToRev)
+	}
 	return nil
 }

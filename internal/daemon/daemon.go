@@ -377,6 +377,10 @@ func (d *Daemon) snapshotRun(ctx context.Context) {
 			d.m.retentionDelete.Inc()
 		}
 	}
+	if _, err := delta.Prune(ctx, d.cfg.Store, d.cfg.Cluster, ds, false); err != nil {
+		d.fail("retention", err)
+		return
+	}
 	d.failing.Store(0)
 	d.checkOnce(ctx)
 }
