@@ -33,6 +33,7 @@ bench: build tools
 	$(GO) test -run '^$$' -bench . -benchmem ./snapshot/...
 	scripts/bench.sh
 	scripts/bench-guard.sh
+	scripts/bench-pitr.sh
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

@@ -1,5 +1,6 @@
 // Command loadgen fills an etcd with a Kubernetes-like keyspace for the demo
-// and the benchmarks.
+// and the benchmarks, or, with -rate, writes a steady Kubernetes-like churn
+// (updates, creates, deletes, transactions, leased events) for -duration.
 package main
 
 import (
@@ -10,6 +11,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -24,13 +26,15 @@ func main() {
 		endpoints = flag.String("endpoints", "http://127.0.0.1:2379", "comma-separated etcd client URLs")
 		valueSize = sizeFlag(1024)
 		size      sizeFlag
+		rate      = flag.Float64("rate", 0, "if > 0: instead of loading a keyspace, write this many revisions per second of churn over the keys under -prefix")
+		duration  = flag.Duration("duration", time.Minute, "with -rate: how long to write (0: until interrupted)")
 	)
 	flag.StringVar(&o.Prefix, "prefix", "/registry", "key prefix, like kube-apiserver's --etcd-prefix")
 	flag.IntVar(&o.Keys, "keys", 10000, "number of keys (namespace objects included)")
 	flag.Var(&valueSize, "value-size", "mean value size (each varies ±50%), e.g. 1024 or 4KiB")
 	flag.Var(&size, "size", "total key+value bytes to write, e.g. 256MiB; overrides -keys")
 	flag.Int64Var(&o.Seed, "seed", 1, "seed; the same seed writes the same keys and values")
-	flag.IntVar(&o.Concurrency, "concurrency", 8, "parallel transactions")
+	flag.IntVar(&o.Concurrency, "concurrency", 8, "parallel transactions (with -rate: parallel writers, default 16)")
 	flag.IntVar(&o.Namespaces, "namespaces", 10, "number of namespaces")
 	flag.Parse()
 	o.ValueSize, o.TargetBytes = int(valueSize), int64(size)
@@ -44,7 +48,7 @@ func main() {
 		fatal(err)
 	}
 	defer cli.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// Writes block while the client keeps reconnecting, so fail fast here
 	// rather than hang when etcd is not there.
@@ -54,6 +58,16 @@ func main() {
 	if err != nil {
 		fatal(fmt.Errorf("cannot reach etcd at %s: %w", *endpoints, err))
 	}
+	if *rate > 0 {
+		co := loadgen.ChurnOptions{Prefix: o.Prefix, Rate: *rate, Duration: *duration, ValueSize: o.ValueSize, Seed: o.Seed, Namespaces: o.Namespaces}
+		flag.Visit(func(f *flag.Flag) {
+			if f.Name == "concurrency" {
+				co.Concurrency = o.Concurrency
+			}
+		})
+		churn(ctx, cli, co)
+		return
+	}
 	st, err := loadgen.LoadK8sKeyspace(ctx, cli, o)
 	if err != nil {
 		fatal(fmt.Errorf("after %d keys: %w", st.Keys, err))
@@ -61,6 +75,21 @@ func main() {
 	sec := st.Duration.Seconds()
 	fmt.Printf("loadgen: wrote %d keys, %.1f MiB under %s in %.1fs (%.1f MiB/s, %.0f keys/s), revision %d\n",
 		st.Keys, float64(st.Bytes)/(1<<20), o.Prefix, sec, float64(st.Bytes)/(1<<20)/sec, float64(st.Keys)/sec, st.Revision)
+}
+
+func churn(ctx context.Context, cli *clientv3.Client, o loadgen.ChurnOptions) {
+	st, err := loadgen.Churn(ctx, cli, o)
+	if err != nil {
+		fatal(err)
+	}
+	firstErr := ""
+	if st.FirstErr != nil {
+		firstErr = fmt.Sprintf(" (first: %v)", st.FirstErr)
+	}
+	fmt.Printf("loadgen: churn under %s: %d writes in %.1fs, %.1f writes/s (target %g): %d updates, %d creates, %d deletes, "+
+		"%d txns, %d leased puts on %d leases; %d errors%s; revisions %d..%d\n",
+		o.Prefix, st.Writes, st.Duration.Seconds(), st.Rate, o.Rate, st.Updates, st.Creates, st.Deletes,
+		st.Txns, st.LeasePuts, st.Leases, st.Errors, firstErr, st.StartRev+1, st.LastRev)
 }
 
 func fatal(err error) {
