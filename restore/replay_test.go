@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -175,16 +174,5 @@ func TestReplayToRevisions(t *testing.T) {
 				}
 			}
 		})
-	}
-	// A missing segment stops the replay and names the latest reachable point.
-	if len(segs) > 1 {
-		path := filepath.Join(t.TempDir(), "db")
-		if err := download(ctx, st, base, path); err != nil {
-			t.Fatal(err)
-		}
-		_, err := Replay(ctx, st, base, []*delta.Manifest{segs[0], segs[len(segs)-1]}, last.Header.Revision, time.Time{}, path)
-		if err == nil || !strings.Contains(err.Error(), "latest reachable point") {
-			t.Fatalf("gap: %v", err)
-		}
 	}
 }
