@@ -1,11 +1,10 @@
 // Package delta captures etcd's changes between full snapshots as ordered segments in the
 // store, for point-in-time restore: every revision's events, with the wall-clock time they
 // were captured (watch events carry none). A segment is <cluster>/deltas/<from>-<to>.jsonl.zst
-// (20-digit revisions, so listings sort by revision) and its manifest <from>-<to>.json,
-// written last: a segment exists only when its manifest does.
-//
-// This is the capture and storage half of the PITR issue; replaying segments into a
-// restore is the other half.
+// (20-digit revisions, so listings sort by revision) and its manifest
+// <from>-<to>.t<first>-<last>.json (capture times in Unix nanoseconds), written last: a
+// segment exists only when its manifest does. The name carries what a timeline needs, so
+// listing a week of segments is a few LIST calls, not a GET per segment.
 package delta
 
 import (
@@ -62,6 +61,8 @@ type Manifest struct {
 	Size      int64     `json:"size"`
 	SHA256    string    `json:"sha256"` // of the stored (compressed) object
 	Object    string    `json:"object"`
+
+	key string // the manifest's key; with List's summaries, the rest is read on demand
 }
 
 func prefix(cluster string) string { return cluster + "/deltas/" }
@@ -69,7 +70,41 @@ func prefix(cluster string) string { return cluster + "/deltas/" }
 func baseName(from, to int64) string { return fmt.Sprintf("%020d-%020d", from, to) }
 
 func manifestKey(cluster string, m *Manifest) string {
-	return prefix(cluster) + baseName(m.FromRev, m.ToRev) + ".json"
+	return fmt.Sprintf("%s%s.t%d-%d.json", prefix(cluster), baseName(m.FromRev, m.ToRev), m.FirstTime.UnixNano(), m.LastTime.UnixNano())
+}
+
+func dataKey(cluster string, from, to int64) string {
+	return prefix(cluster) + baseName(from, to) + ".jsonl.zst"
+}
+
+// summary reads a segment's manifest key; ok is false for keys named otherwise (or
+// written before the times were in the name), whose manifest must be read.
+func summary(cluster, key string) (m *Manifest, ok bool) {
+	name, found := strings.CutSuffix(strings.TrimPrefix(key, prefix(cluster)), ".json")
+	revs, times, found2 := strings.Cut(name, ".t")
+	if !found || !found2 {
+		return nil, false
+	}
+	var from, to, first, last int64
+	if n, err := fmt.Sscanf(revs+" "+times, "%d-%d %d-%d", &from, &to, &first, &last); n != 4 || err != nil || revs != baseName(from, to) {
+		return nil, false
+	}
+	return &Manifest{Cluster: cluster, FromRev: from, ToRev: to, FirstTime: time.Unix(0, first).UTC(), LastTime: time.Unix(0, last).UTC(),
+		Object: dataKey(cluster, from, to), key: key}, true
+}
+
+// load reads a manifest object whole.
+func load(ctx context.Context, st store.Store, key string) (*Manifest, error) {
+	b, err := store.ReadAll(ctx, st, key, 1<<20)
+	if err != nil {
+		return nil, fmt.Errorf("delta manifest %s: %w", key, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: manifest %s: %v", ErrCorrupt, key, err)
+	}
+	m.key = key
+	return &m, nil
 }
 
 // WriteSegment stores revs (ascending, consecutive) as one segment: data first, manifest last.
@@ -83,7 +118,7 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Re
 		}
 	}
 	m := &Manifest{Cluster: cluster, FromRev: revs[0].Rev, ToRev: revs[len(revs)-1].Rev, FirstTime: revs[0].Time, LastTime: revs[len(revs)-1].Time, Revisions: len(revs)}
-	m.Object = prefix(cluster) + baseName(m.FromRev, m.ToRev) + ".jsonl.zst"
+	m.Object = dataKey(cluster, m.FromRev, m.ToRev)
 	for _, r := range revs {
 		m.Events += len(r.Events)
 	}
@@ -109,37 +144,43 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Re
 	if err != nil {
 		return nil, fmt.Errorf("storing delta segment %s: %w", m.Object, err)
 	}
-	m.Size, m.SHA256 = n, hex.EncodeToString(h.Sum(nil))
+	m.Size, m.SHA256, m.key = n, hex.EncodeToString(h.Sum(nil)), manifestKey(cluster, m)
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return nil, err
 	}
-	if err := store.PutBytes(ctx, st, manifestKey(cluster, m), b); err != nil {
+	if err := store.PutBytes(ctx, st, m.key, b); err != nil {
 		return nil, fmt.Errorf("storing the manifest of delta segment %s: %w", m.Object, err)
 	}
 	return m, nil
 }
 
-// List returns the cluster's segments in revision order.
+// List returns the cluster's segments in revision order, from the names in one listing:
+// revisions, capture times, object and size. ReadSegment reads the rest (the sha256).
 func List(ctx context.Context, st store.Store, cluster string) ([]*Manifest, error) {
 	objs, err := st.List(ctx, prefix(cluster))
 	if err != nil {
 		return nil, err
+	}
+	sizes := map[string]int64{}
+	for _, o := range objs {
+		sizes[o.Key] = o.Size
 	}
 	var out []*Manifest
 	for _, o := range objs {
 		if !strings.HasSuffix(o.Key, ".json") {
 			continue
 		}
-		b, err := store.ReadAll(ctx, st, o.Key, 1<<20)
-		if err != nil {
-			return nil, err
+		m, ok := summary(cluster, o.Key)
+		if !ok {
+			if m, err = load(ctx, st, o.Key); err != nil {
+				return nil, err
+			}
 		}
-		var m Manifest
-		if err := json.Unmarshal(b, &m); err != nil {
-			return nil, fmt.Errorf("delta manifest %s: %w", o.Key, err)
+		if m.Size == 0 {
+			m.Size = sizes[m.Object]
 		}
-		out = append(out, &m)
+		out = append(out, m)
 	}
 	return out, nil
 }
@@ -165,6 +206,16 @@ var ErrCorrupt = errors.New("delta segment corrupt")
 // fn sees revisions before the checksum is known to match, so a caller that applies them
 // must be ready to discard its work when ReadSegment fails.
 func ReadSegment(ctx context.Context, st store.Store, m *Manifest, fn func(Revision) error) error {
+	if m.SHA256 == "" {
+		full, err := load(ctx, st, m.key)
+		if err != nil {
+			return err
+		}
+		if full.FromRev != m.FromRev || full.ToRev != m.ToRev || full.Object != m.Object {
+			return fmt.Errorf("%w: manifest %s describes revisions %d-%d in %s", ErrCorrupt, m.key, full.FromRev, full.ToRev, full.Object)
+		}
+		m = full
+	}
 	rc, err := st.Get(ctx, m.Object)
 	if err != nil {
 		return fmt.Errorf("delta segment %s: %w", m.Object, err)
@@ -265,7 +316,7 @@ func Prune(ctx context.Context, st store.Store, cluster string, decisions []snap
 		if dryRun {
 			continue
 		}
-		keys := []string{manifestKey(cluster, m)}
+		keys := []string{m.key}
 		if strings.HasPrefix(m.Object, prefix(cluster)) { // a manifest only names its own cluster's objects
 			keys = append(keys, m.Object)
 		}

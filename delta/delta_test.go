@@ -331,3 +331,68 @@ func TestPrune(t *testing.T) {
 		})
 	}
 }
+
+func TestSummary(t *testing.T) {
+	first, last := time.Date(2026, 11, 27, 2, 13, 5, 123456789, time.UTC), time.Date(2026, 11, 27, 2, 13, 10, 0, time.UTC)
+	good := &Manifest{FromRev: 7, ToRev: 4100, FirstTime: first, LastTime: last}
+	for _, tc := range []struct {
+		key  string
+		want bool
+	}{
+		{manifestKey("c1", good), true},
+		{"c1/deltas/00000000000000000007-00000000000000004100.json", false}, // named before the times were
+		{"c1/deltas/7-4100.t1-2.json", false},
+		{"c1/deltas/00000000000000000007-00000000000000004100.tx-2.json", false},
+		{"c1/deltas/00000000000000000007-00000000000000004100.t1-2.jsonl.zst", false},
+	} {
+		m, ok := summary("c1", tc.key)
+		if ok != tc.want {
+			t.Fatalf("%s: parsed %v, want %v", tc.key, ok, tc.want)
+		}
+		if ok && (m.FromRev != 7 || m.ToRev != 4100 || !m.FirstTime.Equal(first) || !m.LastTime.Equal(last) || m.Object != dataKey("c1", 7, 4100)) {
+			t.Fatalf("%s: %+v", tc.key, m)
+		}
+	}
+}
+
+// List needs no manifest reads for segments named with their times, still reads older
+// ones, and ReadSegment checks a summary against its manifest.
+func TestListAndReadSummaries(t *testing.T) {
+	ctx := context.Background()
+	st, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	seg := func(from, to int64) []Revision {
+		var revs []Revision
+		for r := from; r <= to; r++ {
+			revs = append(revs, Revision{Rev: r, Time: now, Events: []Event{{Key: []byte("/k"), Value: []byte(fmt.Sprint(r))}}})
+		}
+		return revs
+	}
+	m1 := must(WriteSegment(ctx, st, "c1", seg(1, 5)))
+	m2 := must(WriteSegment(ctx, st, "c1", seg(6, 9)))
+	// m1 as an older release named it: the manifest must be read.
+	b := must(store.ReadAll(ctx, st, m1.key, 1<<20))
+	must(0, st.Delete(ctx, m1.key))
+	must(0, store.PutBytes(ctx, st, "c1/deltas/"+baseName(1, 5)+".json", b))
+
+	segs := must(List(ctx, st, "c1"))
+	if len(segs) != 2 || segs[0].SHA256 != m1.SHA256 || segs[1].SHA256 != "" || segs[1].Size != m2.Size || !segs[1].LastTime.Equal(m2.LastTime) {
+		t.Fatalf("listed %+v %+v", segs[0], segs[1])
+	}
+	for _, m := range segs {
+		n := 0
+		if err := ReadSegment(ctx, st, m, func(Revision) error { n++; return nil }); err != nil || int64(n) != m.ToRev-m.FromRev+1 {
+			t.Fatalf("%s: %d revisions, %v", m.Object, n, err)
+		}
+	}
+	// A manifest that does not describe the segment its name says is refused.
+	fake := *m2
+	fake.ToRev = 8
+	must(0, store.PutBytes(ctx, st, segs[1].key, must(json.Marshal(fake))))
+	if err := ReadSegment(ctx, st, segs[1], func(Revision) error { return nil }); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("mismatched manifest: %v", err)
+	}
+}
