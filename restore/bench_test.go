@@ -50,20 +50,9 @@ func BenchmarkReplay(b *testing.B) {
 		last = resp.Header.Revision
 	}
 	txnRate := revisions / time.Since(start).Seconds()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		if segs, _ := delta.List(ctx, st, "c1"); len(segs) > 0 && segs[len(segs)-1].ToRev >= last {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("capture did not catch up")
-		}
-	}
+	segs := captured(b, st, last)
 	cancel()
 	<-done
-	segs, err := delta.List(ctx, st, "c1")
-	if err != nil {
-		b.Fatal(err)
-	}
 	b.ResetTimer()
 	var replay time.Duration
 	for b.Loop() {
