@@ -30,7 +30,7 @@ demo: build tools
 # Benchmarks: Go benchmarks, then etcdguard against `etcdctl snapshot save` on one DB.
 # BENCH_DB_SIZE=1GiB make bench for the large run.
 bench: build tools
-	$(GO) test -run '^$$' -bench . -benchmem ./snapshot/...
+	$(GO) test -run '^$$' -bench . -benchmem ./snapshot/... ./restore/...
 	scripts/bench.sh
 	scripts/bench-guard.sh
 	scripts/bench-pitr.sh
