@@ -1,14 +1,13 @@
 // Package delta captures etcd's changes between full snapshots as ordered segments in the
 // store, for point-in-time restore: every revision's events, with the wall-clock time they
-// were captured (watch events carry none). A segment is <cluster>/deltas/<from>-<to>.jsonl.zst
-// (20-digit revisions, so listings sort by revision) and its manifest
+// were captured (watch events carry none). A segment is <cluster>/deltas/<from>-<to>.seg.zst
+// (20-digit revisions, so listings sort by revision; the format is in codec.go) and its manifest
 // <from>-<to>.t<first>-<last>.json (capture times in Unix nanoseconds), written last: a
 // segment exists only when its manifest does. The name carries what a timeline needs, so
 // listing a week of segments is a few LIST calls, not a GET per segment.
 package delta
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -74,7 +73,7 @@ func manifestKey(cluster string, m *Manifest) string {
 }
 
 func dataKey(cluster string, from, to int64) string {
-	return prefix(cluster) + baseName(from, to) + ".jsonl.zst"
+	return prefix(cluster) + baseName(from, to) + ".seg.zst"
 }
 
 // summary reads a segment's manifest key; ok is false for keys named otherwise (or
@@ -130,14 +129,17 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Re
 			pw.CloseWithError(err)
 			return
 		}
-		enc := json.NewEncoder(zw)
+		enc, err := newEncoder(zw)
 		for _, r := range revs {
-			if err := enc.Encode(r); err != nil {
-				pw.CloseWithError(err)
-				return
+			if err != nil {
+				break
 			}
+			err = enc.encode(r)
 		}
-		pw.CloseWithError(zw.Close())
+		if err == nil {
+			err = enc.flush()
+		}
+		pw.CloseWithError(errors.Join(err, zw.Close()))
 	}()
 	n, err := st.Put(ctx, m.Object, pr)
 	pr.CloseWithError(err)
@@ -227,11 +229,10 @@ func ReadSegment(ctx context.Context, st store.Store, m *Manifest, fn func(Revis
 		return err
 	}
 	defer zr.Close()
-	dec := json.NewDecoder(bufio.NewReader(zr))
+	dec := newDecoder(zr)
 	next := m.FromRev
 	for {
-		var r Revision
-		err := dec.Decode(&r)
+		r, err := dec()
 		if errors.Is(err, io.EOF) {
 			break
 		}

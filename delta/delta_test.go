@@ -343,7 +343,7 @@ func TestSummary(t *testing.T) {
 		{"c1/deltas/00000000000000000007-00000000000000004100.json", false}, // named before the times were
 		{"c1/deltas/7-4100.t1-2.json", false},
 		{"c1/deltas/00000000000000000007-00000000000000004100.tx-2.json", false},
-		{"c1/deltas/00000000000000000007-00000000000000004100.t1-2.jsonl.zst", false},
+		{"c1/deltas/00000000000000000007-00000000000000004100.t1-2.seg.zst", false},
 	} {
 		m, ok := summary("c1", tc.key)
 		if ok != tc.want {

@@ -20,7 +20,7 @@ import (
 // would go through a server: the setup writes the same revisions as sequential Txns to an
 // embedded etcd without fsync (what replaying through embed does), and logs that rate.
 func BenchmarkReplay(b *testing.B) {
-	const revisions = 20000
+	const revisions = 30000
 	ctx := context.Background()
 	e := testharness.StartEtcd(b, func(c *embed.Config) { c.UnsafeNoFsync = true })
 	cli := e.Client(b)
@@ -38,11 +38,11 @@ func BenchmarkReplay(b *testing.B) {
 		(&delta.Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: time.Second, MaxBytes: 4 << 20}).Run(cctx)
 		close(done)
 	}()
-	value := make([]byte, 512)
+	value := make([]byte, 1024)
 	start := time.Now()
 	var last int64
 	for i := range revisions {
-		resp, err := cli.Txn(ctx).Then(clientv3.OpPut(fmt.Sprintf("/registry/pods/ns%d/p%d", i%10, i%1000), string(value)),
+		resp, err := cli.Txn(ctx).Then(clientv3.OpPut(fmt.Sprintf("/registry/pods/ns%d/p%d", i%10, (i*7919)%50000), string(value)),
 			clientv3.OpPut(fmt.Sprintf("/registry/events/ns%d/e%d", i%10, i), string(value[:100]))).Commit()
 		if err != nil {
 			b.Fatal(err)
