@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // segMagic starts every segment written in the binary format. Segments written before it
@@ -26,6 +29,19 @@ const segMagic = "etcdguard-delta-v1\n"
 const (
 	maxField  = 256 << 20
 	maxEvents = 1 << 24
+)
+
+// zstd coders are pooled: a new one allocates its window buffers (megabytes) for every
+// segment, which was a third of a replay's CPU time.
+var (
+	zencoders = sync.Pool{New: func() any {
+		e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+		return e
+	}}
+	zdecoders = sync.Pool{New: func() any {
+		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+		return d
+	}}
 )
 
 type encoder struct {

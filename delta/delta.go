@@ -124,11 +124,9 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Re
 	pr, pw := io.Pipe()
 	h := sha256.New()
 	go func() {
-		zw, err := zstd.NewWriter(io.MultiWriter(pw, h), zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
-		if err != nil {
-			pw.CloseWithError(err)
-			return
-		}
+		zw := zencoders.Get().(*zstd.Encoder)
+		defer zencoders.Put(zw)
+		zw.Reset(io.MultiWriter(pw, h))
 		enc, err := newEncoder(zw)
 		for _, r := range revs {
 			if err != nil {
@@ -224,11 +222,11 @@ func ReadSegment(ctx context.Context, st store.Store, m *Manifest, fn func(Revis
 	}
 	defer rc.Close()
 	h := sha256.New()
-	zr, err := zstd.NewReader(io.TeeReader(rc, h), zstd.WithDecoderConcurrency(1))
-	if err != nil {
+	zr := zdecoders.Get().(*zstd.Decoder)
+	if err := zr.Reset(io.TeeReader(rc, h)); err != nil {
 		return err
 	}
-	defer zr.Close()
+	defer func() { zr.Reset(nil); zdecoders.Put(zr) }()
 	dec := newDecoder(zr)
 	next := m.FromRev
 	for {

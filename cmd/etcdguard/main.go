@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -33,7 +34,9 @@ func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfile := cpuProfile(os.Getenv("ETCDGUARD_CPU_PROFILE"))
 	err := newRootCommand().ExecuteContext(ctx)
+	stopProfile()
 	stop()
 	if err == nil {
 		return
@@ -52,6 +55,22 @@ func main() {
 	// One line: runbooks grep for it and pagers show only the first line.
 	fmt.Fprintln(os.Stderr, "etcdguard: "+strings.ReplaceAll(err.Error(), "\n", " "))
 	os.Exit(code)
+}
+
+// cpuProfile writes a CPU profile of the whole run to path, for performance reports.
+func cpuProfile(path string) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "etcdguard: ETCDGUARD_CPU_PROFILE:", err)
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 func newRootCommand() *cobra.Command { return newRootCommandWith(&globalOptions{}) }

@@ -66,7 +66,6 @@ func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error 
 	if err != nil {
 		return err
 	}
-	g.limitMemory()
 	st, cluster, err := g.storeAndCluster(ctx)
 	if err != nil {
 		return err
@@ -88,6 +87,11 @@ func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error 
 		if len(segs) > 0 && segs[len(segs)-1].ToRev > m.Revision {
 			opts.Deltas, opts.TargetRev, opts.TargetTime = segs, sel.Revision, sel.At
 		}
+	}
+	if len(opts.Deltas) == 0 {
+		// Not for a replay: etcd's MVCC index holds every key and revision in memory,
+		// as etcd itself does, and a soft limit below that only makes the GC spin.
+		g.limitMemory()
 	}
 	res, err := restore.Restore(ctx, st, m, opts)
 	if err != nil {
