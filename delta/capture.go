@@ -60,8 +60,8 @@ func ResumeRevision(ctx context.Context, st store.Store, cluster string) (int64,
 }
 
 // Run captures until ctx ends, then writes what it buffered. It does not give up: after
-// a failure it resumes, with backoff, from the last revision stored.
-func (c *Capturer) Run(ctx context.Context) error {
+// a failure it reports it and resumes, with backoff, from the last revision stored.
+func (c *Capturer) Run(ctx context.Context) {
 	log := slog.With("component", "delta", "cluster", c.Cluster)
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -84,7 +84,6 @@ func (c *Capturer) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
-	return nil
 }
 
 func (c *Capturer) trouble(kind string, err error) {
