@@ -31,18 +31,14 @@ const (
 	maxEvents = 1 << 24
 )
 
-// zstd coders are pooled: a new one allocates its window buffers (megabytes) for every
-// segment, which was a third of a replay's CPU time.
-var (
-	zencoders = sync.Pool{New: func() any {
-		e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
-		return e
-	}}
-	zdecoders = sync.Pool{New: func() any {
-		d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
-		return d
-	}}
-)
+// zstd decoders are pooled: a new one allocates its window buffers (megabytes) for every
+// segment, which was a third of a replay's CPU time. (Encoders are not: the daemon writes
+// a segment every few seconds, and a pooled encoder's buffers stay live under its memory
+// limit, which cost more GC than the allocation saves.)
+var zdecoders = sync.Pool{New: func() any {
+	d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+	return d
+}}
 
 type encoder struct {
 	w   *bufio.Writer

@@ -124,9 +124,11 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Re
 	pr, pw := io.Pipe()
 	h := sha256.New()
 	go func() {
-		zw := zencoders.Get().(*zstd.Encoder)
-		defer zencoders.Put(zw)
-		zw.Reset(io.MultiWriter(pw, h))
+		zw, err := zstd.NewWriter(io.MultiWriter(pw, h), zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			pw.CloseWithError(err)
+			return
+		}
 		enc, err := newEncoder(zw)
 		for _, r := range revs {
 			if err != nil {

@@ -39,26 +39,8 @@ trap cleanup EXIT
 start_etcd "$work/etcd" "$work/etcd.log" --quota-backend-bytes $((16 << 30))
 endpoint="$etcd_endpoint"
 
-s3port=$(free_port)
-ak="bench$RANDOM"; sk="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-export ROOT_ACCESS_KEY="$ak" ROOT_SECRET_KEY="$sk" # versitygw reads these, so they stay out of ps
-mkdir -p "$work/s3"
-"$bin/versitygw" --port "127.0.0.1:$s3port" posix "$work/s3" >"$work/versitygw.log" 2>&1 &
-pids+=($!)
-export AWS_ACCESS_KEY_ID="$ak" AWS_SECRET_ACCESS_KEY="$sk" AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-s3url="http://127.0.0.1:$s3port"
-curlcfg="$work/curl.cfg"
-printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:us-east-1:s3"\nheader = "x-amz-content-sha256: UNSIGNED-PAYLOAD"\nsilent\nshow-error\nfail\n' "$ak" "$sk" >"$curlcfg"
-ready=
-for _ in $(seq 150); do
-	if curl -s -o /dev/null "$s3url"; then
-		ready=1
-		break
-	fi
-	sleep 0.2
-done
-[[ -n "$ready" ]] || { echo "versitygw did not start:" >&2; tail -n 5 "$work/versitygw.log" >&2; exit 1; }
-curl -K "$curlcfg" -X PUT "$s3url/pitr" >/dev/null
+start_versitygw "$work/s3" "$work/versitygw.log" pitr
+pids+=("$versitygw_pid")
 
 echo "loading $size into etcd..."
 "$bin/loadgen" -endpoints "$endpoint" -size "$size"
