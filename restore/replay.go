@@ -69,63 +69,46 @@ func Replay(ctx context.Context, st store.Store, base *snapshot.Manifest, segs [
 
 	res = &Replayed{Revision: base.Revision, Time: base.CreatedAt}
 	// Segments are read, checked and decoded ahead in another goroutine while this one
-	// applies: on two cores that halves the wall time.
+	// applies (on two cores that halves the wall time), and a segment is handed over only
+	// once all of it matched its sha256: nothing unverified is ever applied.
 	rctx, cancel := context.WithCancel(ctx)
-	items := make(chan item, 4096)
+	verified := make(chan []delta.Revision, 1)
 	readErr := make(chan error, 1)
 	go func() {
-		defer close(items)
-		readErr <- readAhead(rctx, st, segs, base.Revision+1, items)
+		defer close(verified)
+		readErr <- readAhead(rctx, st, segs, base.Revision+1, verified)
 	}()
 	defer func() {
 		cancel()
-		for range items { // let the reader finish before the backend closes
+		for range verified { // let the reader finish before the backend closes
 		}
 	}()
-	// reachable is the end of the last segment whose sha256 matched: what an error offers.
-	reachable, reachableAt := base.Revision, base.CreatedAt
-	for it := range items {
-		if it.verified != nil {
-			reachable, reachableAt = it.verified.ToRev, it.verified.LastTime
-			continue
+	for revs := range verified {
+		for _, r := range revs {
+			if (targetRev > 0 && r.Rev > targetRev) || (!targetTime.IsZero() && r.Time.After(targetTime)) {
+				return res, nil
+			}
+			if err := apply(kv, le, r); err != nil {
+				return nil, err
+			}
+			res.Revision, res.Time = r.Rev, r.Time
+			res.Revisions++
+			res.Events += len(r.Events)
 		}
-		r := it.rev
-		if (targetRev > 0 && r.Rev > targetRev) || (!targetTime.IsZero() && r.Time.After(targetTime)) {
-			return res, nil
-		}
-		if err := apply(kv, le, r); err != nil {
-			return nil, err
-		}
-		res.Revision, res.Time = r.Rev, r.Time
-		res.Revisions++
-		res.Events += len(r.Events)
 	}
 	if err := <-readErr; err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		return nil, fmt.Errorf("%w: the latest reachable point is revision %d (%s); a later snapshot may cover the rest (`etcdguard timeline`)",
-			err, reachable, reachableAt.UTC().Format(time.RFC3339))
+			err, res.Revision, res.Time.UTC().Format(time.RFC3339))
 	}
 	return res, nil
 }
 
-// item is a decoded revision, or the news that a segment's sha256 matched.
-type item struct {
-	rev      delta.Revision
-	verified *delta.Manifest
-}
-
-// readAhead sends the revisions from next on, in order, from segments that must chain.
-func readAhead(ctx context.Context, st store.Store, segs []*delta.Manifest, next int64, out chan<- item) error {
-	send := func(it item) error {
-		select {
-		case out <- it:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+// readAhead sends, segment by segment and only once each matched its sha256, the
+// revisions from next on; the segments must chain.
+func readAhead(ctx context.Context, st store.Store, segs []*delta.Manifest, next int64, out chan<- []delta.Revision) error {
 	for _, seg := range segs {
 		if seg.ToRev < next {
 			continue
@@ -133,18 +116,21 @@ func readAhead(ctx context.Context, st store.Store, segs []*delta.Manifest, next
 		if seg.FromRev > next {
 			return fmt.Errorf("deltas are missing revisions %d to %d", next, seg.FromRev-1)
 		}
+		var revs []delta.Revision
 		err := delta.ReadSegment(ctx, st, seg, func(r delta.Revision) error {
-			if r.Rev < next {
-				return nil
+			if r.Rev >= next {
+				revs = append(revs, r)
 			}
-			next = r.Rev + 1
-			return send(item{rev: r})
+			return nil
 		})
 		if err != nil {
 			return err
 		}
-		if err := send(item{verified: seg}); err != nil {
-			return err
+		next = seg.ToRev + 1
+		select {
+		case out <- revs:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 	return nil
