@@ -27,7 +27,9 @@ type Capturer struct {
 	Snapshot func(ctx context.Context) (int64, error)
 	// OnSegment, OnProgress and OnTrouble feed metrics and alerts; all may be nil.
 	OnSegment  func(*Manifest)
-	OnProgress func(lastRev int64, lag time.Duration)
+	// OnProgress reports the last stored revision and the RPO (lag). stored says that
+	// storing works: the report follows a flush that succeeded (or had nothing to store).
+	OnProgress func(lastRev int64, lag time.Duration, stored bool)
 	// OnTrouble reports why capture is interrupted: kind is "compacted" (revisions were
 	// lost to compaction; a full snapshot bridged them) or "failing" (the watch or the
 	// store fails; capture retries from the last stored revision).
@@ -73,11 +75,11 @@ func (c *Capturer) Run(ctx context.Context) {
 			backoff = time.Second
 		}
 		log.Warn("delta capture interrupted; resuming from the last stored revision", "in", backoff, "err", err)
-		c.trouble("failing", err)
 		if c.OnProgress != nil && !c.pending.IsZero() {
 			// what was captured is not stored, so the RPO keeps growing
-			c.OnProgress(c.stored, time.Since(c.pending))
+			c.OnProgress(c.stored, time.Since(c.pending), false)
 		}
+		c.trouble("failing", err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
@@ -145,7 +147,7 @@ func (c *Capturer) watch(ctx context.Context, rev int64) (int64, error) {
 		}
 		return nil
 	}
-	progress := func() {
+	progress := func(stored bool) {
 		if c.OnProgress == nil {
 			return
 		}
@@ -153,7 +155,7 @@ func (c *Capturer) watch(ctx context.Context, rev int64) (int64, error) {
 		if !c.pending.IsZero() {
 			lag = time.Since(c.pending)
 		}
-		c.OnProgress(rev, lag)
+		c.OnProgress(rev, lag, stored)
 	}
 	t := time.NewTicker(c.Flush)
 	defer t.Stop()
@@ -169,7 +171,7 @@ func (c *Capturer) watch(ctx context.Context, rev int64) (int64, error) {
 			if err := flush(ctx); err != nil {
 				return rev, err
 			}
-			progress()
+			progress(true)
 		case resp, ok := <-wch:
 			if !ok {
 				return rev, errors.Join(flush(ctx), errors.New("watch closed"))
@@ -205,7 +207,7 @@ func (c *Capturer) watch(ctx context.Context, rev int64) (int64, error) {
 					return rev, err
 				}
 			}
-			progress()
+			progress(false)
 		}
 	}
 }

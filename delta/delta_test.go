@@ -215,10 +215,16 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 	st := &flaky{Store: fs}
 	base := must(cli.Put(ctx, "/base", "x")).Header.Revision
 	troubled := make(chan string, 100)
+	var unstoredLag atomic.Int64 // the RPO reported while nothing could be stored
 	cctx, cancel := context.WithCancel(ctx)
 	c := &Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: 50 * time.Millisecond, MaxBytes: 4 << 10,
 		Snapshot:  func(context.Context) (int64, error) { return base, nil },
-		OnTrouble: func(kind string, _ error) { troubled <- kind }}
+		OnTrouble: func(kind string, _ error) { troubled <- kind },
+		OnProgress: func(_ int64, lag time.Duration, stored bool) {
+			if !stored && lag > 0 {
+				unstoredLag.Store(int64(lag))
+			}
+		}}
 	done := make(chan struct{})
 	go func() { c.Run(cctx); close(done) }()
 	defer func() { cancel(); <-done }()
@@ -238,6 +244,9 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 	}
 	if segs, _ := List(ctx, fs, "c1"); len(segs) != 0 {
 		t.Fatalf("%d segments stored while the store was down", len(segs))
+	}
+	if unstoredLag.Load() <= 0 {
+		t.Fatal("no RPO was reported while the store was down (the lag metric would read 0)")
 	}
 	st.down.Store(false)
 	last := must(cli.Put(ctx, "/after", "1")).Header.Revision

@@ -282,13 +282,13 @@ func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client) {
 			}
 			return m.Revision, nil
 		},
-		OnSegment: func(m *delta.Manifest) {
-			d.m.deltaSegments.Inc()
-			d.deltaFailingSince.Store(nil)
-		},
-		OnProgress: func(rev int64, lag time.Duration) {
+		OnSegment: func(m *delta.Manifest) { d.m.deltaSegments.Inc() },
+		OnProgress: func(rev int64, lag time.Duration, stored bool) {
 			d.m.deltaRevision.Set(float64(rev))
 			d.m.deltaLag.Set(lag.Seconds())
+			if stored { // storing works again (an idle cluster writes no segment to say so)
+				d.deltaFailingSince.Store(nil)
+			}
 		},
 		OnTrouble: func(kind string, err error) {
 			d.m.deltaInterruptions.WithLabelValues(kind).Inc()
