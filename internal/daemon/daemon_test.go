@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -78,14 +79,24 @@ func (r *receiver) waitFor(t *testing.T, what string, subs ...string) string {
 	return ""
 }
 
-func startDaemon(t *testing.T, e *testharness.Etcd, st store.Store, schedule string, notifiers ...alerting.Notifier) {
-	t.Helper()
-	d, err := New(Config{
+func testConfig(e *testharness.Etcd, st store.Store, schedule string, notifiers ...alerting.Notifier) Config {
+	return Config{
 		Etcd: etcdclient.Config{Endpoints: e.Endpoints, DialTimeout: 2 * time.Second}, Store: st, Cluster: "prod",
 		Schedule: schedule, Save: snapshot.SaveOptions{Compression: "zstd", Level: "fastest"},
 		Retention: snapshot.Retention{Last: 100}, Policy: alerting.Policy{MaxAge: 5 * time.Hour},
 		ElectionTTL: 2 * time.Second, CheckInterval: 200 * time.Millisecond, Notifiers: notifiers, AlertRepeat: time.Hour,
-	})
+	}
+}
+
+func startDaemon(t *testing.T, e *testharness.Etcd, st store.Store, schedule string, notifiers ...alerting.Notifier) {
+	t.Helper()
+	runDaemon(t, testConfig(e, st, schedule, notifiers...))
+}
+
+// runDaemon runs a daemon until the test ends.
+func runDaemon(t *testing.T, cfg Config) {
+	t.Helper()
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,6 +237,49 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// A daemon that starts after etcd compacted past the deltas' end (it was down, or no
+// daemon led) takes a full snapshot at once, resumes from it, and pages EtcdDeltaGap.
+func TestDeltaGapAfterCompaction(t *testing.T) {
+	ctx := context.Background()
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	st, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := must(cli.Put(ctx, "/registry/pods/a", "1")).Header.Revision
+	must(delta.WriteSegment(ctx, st, "prod", []delta.Revision{{Rev: r, Time: time.Now(), Events: []delta.Event{{Key: []byte("/registry/pods/a"), Value: []byte("1")}}}}))
+	for i := range 10 {
+		must(cli.Put(ctx, "/registry/pods/b", strconv.Itoa(i)))
+	}
+	compacted := must(cli.Get(ctx, "x")).Header.Revision
+	must(cli.Compact(ctx, compacted, clientv3.WithCompactPhysical()))
+
+	hook := newReceiver(t)
+	cfg := testConfig(e, st, "@every 1h", alerting.Webhook{URL: hook.url})
+	cfg.Delta, cfg.DeltaFlush = true, 100*time.Millisecond
+	runDaemon(t, cfg)
+	hook.waitFor(t, "delta gap alert", `"alertname":"EtcdDeltaGap"`, fmt.Sprintf("compacted revisions after %d", r))
+	snaps := must(snapshot.List(ctx, st, "prod"))
+	if len(snaps) != 1 || snaps[0].Revision < compacted {
+		t.Fatalf("snapshots %v: want one full snapshot at or after the compaction (%d)", snaps, compacted)
+	}
+	after := must(cli.Put(ctx, "/registry/pods/c", "after")).Header.Revision
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		segs := must(delta.List(ctx, st, "prod"))
+		if segs[len(segs)-1].ToRev >= after {
+			// segs[0] is the segment from before the compaction
+			if segs[1].FromRev != snaps[0].Revision+1 || len(delta.Gaps(segs[1:])) != 0 {
+				t.Fatalf("capture resumed at %d, want right after the snapshot at %d", segs[1].FromRev, snaps[0].Revision)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("capture did not resume after the snapshot")
+		}
+	}
 }
 
 func TestDeltaAlerts(t *testing.T) {
