@@ -38,6 +38,72 @@ type Capturer struct {
 	ttls    map[int64]int64 // lease id → granted TTL, as asked from etcd
 	pending time.Time       // capture time of the oldest change not yet stored
 	stored  int64           // the last revision stored (or the snapshot capture resumed from)
+	// seen records, for revisions captured but not yet stored, when they were first seen:
+	// every revision up to rev by t. A revision read again after an interruption keeps
+	// that time, not the time of the catch-up, so `restore --at` stays exact.
+	seen []seenAt
+}
+
+type seenAt struct {
+	rev    int64
+	t      time.Time
+	opened time.Time // the record covers at most 100 ms of capture
+}
+
+// firstSeen gives revisions seen before an interruption the time they were first seen,
+// and records when the newest of revs was.
+func (c *Capturer) firstSeen(revs []Revision) {
+	if len(revs) == 0 {
+		return
+	}
+	i := 0
+	for j := range revs {
+		for i < len(c.seen) && c.seen[i].rev < revs[j].Rev {
+			i++
+		}
+		if i == len(c.seen) {
+			break
+		}
+		revs[j].Time = c.seen[i].t
+	}
+	c.note(revs[len(revs)-1].Rev, revs[len(revs)-1].Time)
+}
+
+// note records that etcd had reached rev by t.
+func (c *Capturer) note(rev int64, t time.Time) {
+	n := len(c.seen)
+	switch {
+	case rev <= c.stored || n > 0 && c.seen[n-1].rev >= rev:
+	case n > 0 && t.Sub(c.seen[n-1].opened) < 100*time.Millisecond:
+		// one record per 100 ms; its time moves later, never earlier, so `--at` never
+		// includes a revision seen after the time asked for
+		c.seen[n-1].rev, c.seen[n-1].t = rev, t
+	default:
+		c.seen = append(c.seen, seenAt{rev: rev, t: t, opened: t})
+	}
+}
+
+// observe waits d, noting every 100 ms which revision etcd is at: revisions committed
+// while capture waits to retry keep (within 100 ms) the time they happened.
+func (c *Capturer) observe(ctx context.Context, d time.Duration) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	end := time.After(d)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-end:
+			return
+		case <-t.C:
+			gctx, cancel := context.WithTimeout(ctx, time.Second)
+			resp, err := c.Cli.Get(gctx, "\x00", clientv3.WithCountOnly(), clientv3.WithSerializable())
+			cancel()
+			if err == nil {
+				c.note(resp.Header.Revision, time.Now())
+			}
+		}
+	}
 }
 
 // ResumeRevision is the revision after which capture continues: the last stored segment's
@@ -80,10 +146,7 @@ func (c *Capturer) Run(ctx context.Context) {
 			c.OnProgress(c.stored, time.Since(c.pending), false)
 		}
 		c.trouble("failing", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
+		c.observe(ctx, backoff)
 		backoff = min(2*backoff, 30*time.Second)
 	}
 }
@@ -142,6 +205,9 @@ func (c *Capturer) watch(ctx context.Context, rev int64) (int64, error) {
 			return err
 		}
 		rev, buf, size, c.pending, c.stored = m.ToRev, nil, 0, time.Time{}, m.ToRev
+		for len(c.seen) > 0 && c.seen[0].rev <= rev {
+			c.seen = c.seen[1:]
+		}
 		if c.OnSegment != nil {
 			c.OnSegment(m)
 		}
@@ -180,6 +246,7 @@ func (c *Capturer) watch(ctx context.Context, rev int64) (int64, error) {
 				return rev, errors.Join(flush(ctx), err)
 			}
 			revs := FromWatch(resp, time.Now())
+			c.firstSeen(revs)
 			c.leaseTTLs(ctx, revs)
 			full := func() bool { return c.MaxBytes > 0 && size >= c.MaxBytes }
 			for _, r := range revs {

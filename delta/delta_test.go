@@ -231,8 +231,10 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 
 	st.down.Store(true)
 	value := strings.Repeat("v", 1000)
+	outageStart := time.Now()
+	var outageLast int64
 	for i := range 200 { // 200 KB while the store is down: 50 times MaxBytes
-		must(cli.Put(ctx, fmt.Sprintf("/k/%d", i%30), value))
+		outageLast = must(cli.Put(ctx, fmt.Sprintf("/k/%d", i%30), value)).Header.Revision
 	}
 	select {
 	case kind := <-troubled:
@@ -248,6 +250,8 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 	if unstoredLag.Load() <= 0 {
 		t.Fatal("no RPO was reported while the store was down (the lag metric would read 0)")
 	}
+	time.Sleep(300 * time.Millisecond) // the capture has seen everything, and retries
+	upAt := time.Now()
 	st.down.Store(false)
 	last := must(cli.Put(ctx, "/after", "1")).Header.Revision
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
@@ -264,6 +268,10 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 				if err := ReadSegment(ctx, fs, m, func(r Revision) error {
 					for _, ev := range r.Events {
 						raw += len(ev.Key) + len(ev.Value)
+					}
+					// stored after the outage, but stamped when first seen
+					if r.Rev <= outageLast && (r.Time.Before(outageStart) || !r.Time.Before(upAt)) {
+						return fmt.Errorf("revision %d of the outage stamped %s, want between %s and %s", r.Rev, r.Time, outageStart, upAt)
 					}
 					return nil
 				}); err != nil {
