@@ -55,7 +55,7 @@ jfield() {
 	sed -n "s/^$(printf '%*s' "$2" '')\"$3\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$1"
 }
 # revision ENDPOINT [ETCDCTL ARGS]: etcd's revision, and the key count with --count-only.
-fields() { "$bin/etcdctl" --endpoints "$1" get "" --prefix --count-only -w fields "${@:2}"; }
+fields() { "$bin/etcdctl" --endpoints "$1" --command-timeout 10m get "" --prefix --count-only -w fields "${@:2}"; }
 revision() { fields "$@" | awk '/"Revision"/ {print $3}'; }
 count() { fields "$@" | awk '/"Count"/ {print $3}'; }
 # metric NAME: the daemon's gauge, as an integer-safe number.
@@ -184,7 +184,7 @@ done
 dst_rev=$(revision "$check" || true)
 # kvs: every key, value, create and mod revision and version (lease ids aside), as a digest.
 kvs() {
-	"$bin/etcdctl" --endpoints "$1" get "" --prefix -w json --rev "$target" |
+	"$bin/etcdctl" --endpoints "$1" --command-timeout 10m get "" --prefix -w json --rev "$target" |
 		sed 's/^.*"kvs":\[//; s/"lease":[0-9]*,\{0,1\}//g' | sha256sum | cut -c1-16
 }
 src_count=$(count "$endpoint" --rev "$target")
