@@ -26,7 +26,7 @@ type Capturer struct {
 	// when there is nothing to resume from, or after etcd compacted past it.
 	Snapshot func(ctx context.Context) (int64, error)
 	// OnSegment, OnProgress and OnTrouble feed metrics and alerts; all may be nil.
-	OnSegment  func(*Manifest)
+	OnSegment func(*Manifest)
 	// OnProgress reports the last stored revision and the RPO (lag). stored says that
 	// storing works: the report follows a flush that succeeded (or had nothing to store).
 	OnProgress func(lastRev int64, lag time.Duration, stored bool)
