@@ -307,8 +307,8 @@ func checkSpace(members []Member, dbSize int64) error {
 	return nil
 }
 
-// replayGrowth estimates how much replaying deltas grows the db: segments store JSON
-// compressed about 3:1, and bbolt adds its page overhead on top of the raw bytes.
+// replayGrowth estimates how much replaying deltas grows the db: segments are compressed
+// 2–3:1, every revision stays in the db as history, and bbolt adds its page overhead.
 func replayGrowth(segs []*delta.Manifest) int64 {
 	var n int64
 	for _, s := range segs {
