@@ -23,6 +23,7 @@ type Replayed struct {
 	Time      time.Time `json:"time"`
 	Revisions int       `json:"revisions_replayed"`
 	Events    int       `json:"events_replayed"`
+	Keys      int64     `json:"key_count"` // live keys at Revision
 }
 
 // DefaultLeaseTTL is the TTL a replayed lease gets when the capture could not learn the
@@ -83,10 +84,20 @@ func Replay(ctx context.Context, st store.Store, base *snapshot.Manifest, segs [
 		for range verified { // let the reader finish before the backend closes
 		}
 	}()
+	// The key count at the end, from the MVCC index, as `snapshot list` shows one for a
+	// snapshot: a quick check for whoever starts the restored cluster.
+	done := func() (*Replayed, error) {
+		r, err := kv.Range(ctx, []byte{0}, []byte{}, mvcc.RangeOptions{CountOnly: true})
+		if err != nil {
+			return nil, fmt.Errorf("counting the replayed keys: %w", err)
+		}
+		res.Keys = int64(r.Count)
+		return res, nil
+	}
 	for revs := range verified {
 		for _, r := range revs {
 			if (targetRev > 0 && r.Rev > targetRev) || (!targetTime.IsZero() && r.Time.After(targetTime)) {
-				return res, nil
+				return done()
 			}
 			if err := apply(kv, le, r); err != nil {
 				return nil, err
@@ -103,7 +114,7 @@ func Replay(ctx context.Context, st store.Store, base *snapshot.Manifest, segs [
 		return nil, fmt.Errorf("%w: the latest reachable point is revision %d (%s); a later snapshot may cover the rest (`etcdguard timeline`)",
 			err, res.Revision, res.Time.UTC().Format(time.RFC3339))
 	}
-	return res, nil
+	return done()
 }
 
 // readAhead sends, segment by segment and only once each matched its sha256, the

@@ -175,6 +175,9 @@ func TestReplayToRevisions(t *testing.T) {
 			if have := stateOf(t, path); !maps.Equal(have, want) {
 				t.Fatalf("replayed keyspace at %d differs from etcd's: %d keys vs %d", target, len(have), len(want))
 			}
+			if got.Keys != int64(len(want)) {
+				t.Fatalf("replay reports %d keys, etcd had %d", got.Keys, len(want))
+			}
 			if target > base.Revision+3 {
 				if ttl := leaseTTL(t, path, int64(lease.ID)); ttl != 777 {
 					t.Fatalf("lease %x replayed with TTL %d, want the original 777", lease.ID, ttl)

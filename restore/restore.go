@@ -188,7 +188,7 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 
 	res = &Result{Snapshot: m, Replayed: replayed, Revision: m.Revision, KeyCount: m.KeyCount, InitialCluster: opts.InitialCluster, Token: opts.Token}
 	if replayed != nil {
-		res.Revision, res.KeyCount = replayed.Revision, nil
+		res.Revision, res.KeyCount = replayed.Revision, &replayed.Keys
 	}
 	if opts.BumpRevision > 0 {
 		// etcd's restore bumps the key bucket's newest revision, which etcdutl reports as

@@ -107,14 +107,14 @@ func printRestore(g *globalOptions, res *restore.Result, bump uint64) error {
 	m := res.Snapshot
 	w := g.stdout
 	keys := "key count unknown"
-	if res.KeyCount != nil {
-		keys = fmt.Sprintf("%d keys", *res.KeyCount)
+	if m.KeyCount != nil {
+		keys = fmt.Sprintf("%d keys", *m.KeyCount)
 	}
 	fmt.Fprintf(w, "restored snapshot %s of cluster %s (taken %s, revision %d, %s) into %d member(s)\n",
 		m.ID, m.Cluster, m.CreatedAt.Format(time.RFC3339), m.Revision, keys, len(res.Members))
 	if rp := res.Replayed; rp != nil {
-		fmt.Fprintf(w, "replayed %d revisions (%d events) from the deltas: the restored state is revision %d, captured at %s\n",
-			rp.Revisions, rp.Events, rp.Revision, rp.Time.UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "replayed %d revisions (%d events) from the deltas: the restored state is revision %d, captured at %s, with %d keys\n",
+			rp.Revisions, rp.Events, rp.Revision, rp.Time.UTC().Format(time.RFC3339), rp.Keys)
 	}
 	fmt.Fprintf(w, "cluster token: %s (the restored cluster gets a new cluster ID)\n", res.Token)
 	if bump > 0 {
