@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/etcdguard/etcdguard/delta"
+	"github.com/etcdguard/etcdguard/delta/deltatest"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store/file"
@@ -50,7 +51,7 @@ func BenchmarkReplay(b *testing.B) {
 		last = resp.Header.Revision
 	}
 	txnRate := revisions / time.Since(start).Seconds()
-	segs := captured(b, st, last)
+	segs := deltatest.Stored(b, st, "c1", last)
 	cancel()
 	<-done
 	b.ResetTimer()

@@ -16,9 +16,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/etcdguard/etcdguard/delta"
+	"github.com/etcdguard/etcdguard/delta/deltatest"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
-	"github.com/etcdguard/etcdguard/store"
 	"github.com/etcdguard/etcdguard/store/file"
 )
 
@@ -84,23 +84,6 @@ func leaseTTL(t *testing.T, path string, id int64) int64 {
 	return ttl
 }
 
-// captured waits until cluster c1's segments reach rev, and returns them.
-func captured(tb testing.TB, st store.Store, rev int64) []*delta.Manifest {
-	tb.Helper()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		segs, err := delta.List(context.Background(), st, "c1")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		if len(segs) > 0 && segs[len(segs)-1].ToRev >= rev {
-			return segs
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("revision %d was not captured within a minute", rev)
-		}
-	}
-}
-
 func TestReplayToRevisions(t *testing.T) {
 	ctx := context.Background()
 	e := testharness.StartEtcd(t)
@@ -148,7 +131,7 @@ func TestReplayToRevisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	segs := captured(t, st, last.Header.Revision)
+	segs := deltatest.Stored(t, st, "c1", last.Header.Revision)
 	cancel()
 	<-done
 	for _, target := range []int64{base.Revision, base.Revision + 1, base.Revision + 37, base.Revision + 52, last.Header.Revision} {

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdguard/etcdguard/delta"
+	"github.com/etcdguard/etcdguard/delta/deltatest"
 	"github.com/etcdguard/etcdguard/internal/loadgen"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/store/file"
@@ -39,17 +40,6 @@ func TestE2EPointInTimeRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Process.Kill(); d.Wait() })
-	waitCaptured := func(rev int64) {
-		t.Helper()
-		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			if segs, _ := delta.List(ctx, st, "prod"); len(segs) > 0 && segs[len(segs)-1].ToRev >= rev {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("revision %d was not captured", rev)
-			}
-		}
-	}
 	// The daemon's first full snapshot comes first; then the cluster keeps changing.
 	time.Sleep(time.Second)
 	_, err = loadgen.LoadK8sKeyspace(ctx, cli, loadgen.Options{Keys: 1500, Seed: 9})
@@ -64,7 +54,7 @@ func TestE2EPointInTimeRestore(t *testing.T) {
 			clientv3.OpDelete(fmt.Sprintf("/registry/events/default/e%d", i-3))).Commit())
 	}
 	before := must(cli.Get(ctx, "x")).Header.Revision
-	waitCaptured(before)
+	deltatest.Stored(t, st, "prod", before)
 	time.Sleep(1200 * time.Millisecond)
 	at := time.Now().UTC().Truncate(time.Second)
 	time.Sleep(1200 * time.Millisecond)
@@ -73,7 +63,7 @@ func TestE2EPointInTimeRestore(t *testing.T) {
 	if del.Deleted < 1000 {
 		t.Fatalf("the range delete removed only %d keys", del.Deleted)
 	}
-	waitCaptured(del.Header.Revision)
+	deltatest.Stored(t, st, "prod", del.Header.Revision)
 	d.Process.Signal(syscall.SIGTERM)
 	d.Wait()
 

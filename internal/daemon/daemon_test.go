@@ -22,6 +22,7 @@ import (
 
 	"github.com/etcdguard/etcdguard/alerting"
 	"github.com/etcdguard/etcdguard/delta"
+	"github.com/etcdguard/etcdguard/delta/deltatest"
 	"github.com/etcdguard/etcdguard/internal/etcdclient"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
@@ -188,14 +189,7 @@ func TestDeltaCapture(t *testing.T) {
 	}
 	last := must(cli.Get(ctx, "x")).Header.Revision
 	// Every change is stored within a few flush intervals (the delta RPO).
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if segs, _ := delta.List(ctx, st, "prod"); len(segs) > 0 && segs[len(segs)-1].ToRev >= last {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("revision %d not stored in a delta segment within 10s", last)
-		}
-	}
+	deltatest.Stored(t, st, "prod", last)
 	cancel()
 	<-done
 	segs, err := delta.List(ctx, st, "prod")
@@ -267,18 +261,10 @@ func TestDeltaGapAfterCompaction(t *testing.T) {
 		t.Fatalf("snapshots %v: want one full snapshot at or after the compaction (%d)", snaps, compacted)
 	}
 	after := must(cli.Put(ctx, "/registry/pods/c", "after")).Header.Revision
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		segs := must(delta.List(ctx, st, "prod"))
-		if segs[len(segs)-1].ToRev >= after {
-			// segs[0] is the segment from before the compaction
-			if segs[1].FromRev != snaps[0].Revision+1 || len(delta.Gaps(segs[1:])) != 0 {
-				t.Fatalf("capture resumed at %d, want right after the snapshot at %d", segs[1].FromRev, snaps[0].Revision)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("capture did not resume after the snapshot")
-		}
+	segs := deltatest.Stored(t, st, "prod", after)
+	// segs[0] is the segment from before the compaction
+	if segs[1].FromRev != snaps[0].Revision+1 || len(delta.Gaps(segs[1:])) != 0 {
+		t.Fatalf("capture resumed at %d, want right after the snapshot at %d", segs[1].FromRev, snaps[0].Revision)
 	}
 }
 
