@@ -44,6 +44,10 @@ type Store interface {
 	Stat(ctx context.Context, key string) (ObjectInfo, error)
 	// List returns every object whose key starts with prefix, sorted by key.
 	List(ctx context.Context, prefix string) ([]ObjectInfo, error)
+	// ListAfter returns, sorted by key, at most limit objects whose key starts with prefix
+	// and sorts after the key after ("" for the first). It is what keeps listing a month of
+	// delta segments from reading every one: a caller starts right where it needs to.
+	ListAfter(ctx context.Context, prefix, after string, limit int) ([]ObjectInfo, error)
 	// Delete removes key. Deleting a missing key is not an error.
 	Delete(ctx context.Context, key string) error
 	// AbortIncomplete removes what interrupted uploads under prefix left behind
@@ -117,4 +121,25 @@ func Redact(rawURL string) string {
 		return rawURL
 	}
 	return u.Redacted()
+}
+
+// Walk calls fn for each object under prefix that sorts after the key after, in key order,
+// one page of ListAfter at a time, until fn returns false or the objects run out.
+func Walk(ctx context.Context, st Store, prefix, after string, fn func(ObjectInfo) (more bool)) error {
+	const page = 1000
+	for {
+		objs, err := st.ListAfter(ctx, prefix, after, page)
+		if err != nil {
+			return err
+		}
+		for _, o := range objs {
+			if !fn(o) {
+				return nil
+			}
+		}
+		if len(objs) < page {
+			return nil
+		}
+		after = objs[len(objs)-1].Key
+	}
 }

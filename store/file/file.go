@@ -222,13 +222,20 @@ func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) 
 
 // List returns the objects whose keys start with prefix, sorted by key.
 func (s *Store) List(ctx context.Context, prefix string) ([]store.ObjectInfo, error) {
+	return s.ListAfter(ctx, prefix, "", 0)
+}
+
+// ListAfter lists like List, from after on, at most limit objects. Names that sort
+// before after are skipped without a stat, so paging through a big directory costs
+// reading its names, not every file's metadata.
+func (s *Store) ListAfter(ctx context.Context, prefix, after string, limit int) ([]store.ObjectInfo, error) {
 	var out []store.ObjectInfo
 	err := s.walk(ctx, prefix, func(key string, d fs.DirEntry) error {
-		if isTemp(d.Name()) || !strings.HasPrefix(key, prefix) {
+		if key <= after || isTemp(d.Name()) || !strings.HasPrefix(key, prefix) {
 			return nil
 		}
 		fi, err := d.Info()
-		if errors.Is(err, fs.ErrNotExist) { // deleted while we walked
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
 		if err != nil {
@@ -242,6 +249,9 @@ func (s *Store) List(ctx context.Context, prefix string) ([]store.ObjectInfo, er
 	}
 	// WalkDir's per-directory order is not key order ("a-b" < "a/b").
 	slices.SortFunc(out, func(a, b store.ObjectInfo) int { return strings.Compare(a.Key, b.Key) })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
 	return out, nil
 }
 

@@ -248,19 +248,28 @@ func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) 
 
 // List returns the objects whose keys start with prefix, sorted by key.
 func (s *Store) List(ctx context.Context, prefix string) ([]store.ObjectInfo, error) {
+	return s.ListAfter(ctx, prefix, "", 0)
+}
+
+// ListAfter lists like List, from after on (S3's StartAfter), at most limit objects.
+func (s *Store) ListAfter(ctx context.Context, prefix, after string, limit int) ([]store.ObjectInfo, error) {
 	if err := store.CheckPrefix(prefix); err != nil {
 		return nil, err
 	}
+	in := &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: aws.String(s.prefix + prefix)}
+	if after != "" {
+		in.StartAfter = aws.String(s.prefix + after)
+	}
 	var out []store.ObjectInfo
-	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: aws.String(s.prefix + prefix)})
-	for p.HasMorePages() {
+	p := s3.NewListObjectsV2Paginator(s.client, in)
+	for p.HasMorePages() && (limit <= 0 || len(out) < limit) {
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			return nil, s.objectErr("list", prefix, err)
 		}
 		for _, o := range page.Contents {
 			key := strings.TrimPrefix(aws.ToString(o.Key), s.prefix)
-			if strings.HasSuffix(key, "/") { // folder markers made by consoles
+			if strings.HasSuffix(key, "/") || key <= after { // folder markers made by consoles
 				continue
 			}
 			out = append(out, store.ObjectInfo{Key: key, Size: aws.ToInt64(o.Size), ModTime: aws.ToTime(o.LastModified)})
@@ -268,6 +277,9 @@ func (s *Store) List(ctx context.Context, prefix string) ([]store.ObjectInfo, er
 	}
 	// S3 sorts by UTF-8 bytes already; some compatible servers do not.
 	slices.SortFunc(out, func(a, b store.ObjectInfo) int { return strings.Compare(a.Key, b.Key) })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
 	return out, nil
 }
 

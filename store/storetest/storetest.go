@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"slices"
@@ -40,6 +41,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"RoundTrip", testRoundTrip},
 		{"Missing", testMissing},
 		{"List", testList},
+		{"ListAfter", testListAfter},
 		{"Isolation", testIsolation},
 		{"Delete", testDelete},
 		{"Overwrite", testOverwrite},
@@ -201,6 +203,50 @@ func testList(t *testing.T, newStore func(t *testing.T) store.Store) {
 				t.Errorf("List(%q): %+v, want size %d and a mod time", tt.prefix, o, want)
 			}
 		}
+	}
+}
+
+func testListAfter(t *testing.T, newStore func(t *testing.T) store.Store) {
+	s := newStore(t)
+	ctx := t.Context()
+	var all []string
+	for i := range 25 {
+		all = append(all, fmt.Sprintf("c1/deltas/h/%020d", i))
+	}
+	all = append(all, "c1/deltas/h-old/x", "c1/deltas/i")
+	for _, k := range all {
+		if err := store.PutBytes(ctx, s, k, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		prefix, after string
+		limit         int
+		want          []string
+	}{
+		{"c1/deltas/h/", "", 3, all[:3]},
+		{"c1/deltas/h/", all[20], 0, all[21:25]},
+		{"c1/deltas/h/", all[20], 2, all[21:23]},
+		{"c1/deltas/h/", "c1/deltas/h/00000000000000000009~", 1, all[10:11]},
+		{"c1/deltas/h/", all[24], 5, nil},
+		{"c1/deltas/", all[24], 0, all[26:]}, // "h-old" < "h/"
+	}
+	for _, tt := range tests {
+		got, err := s.ListAfter(ctx, tt.prefix, tt.after, tt.limit)
+		if err != nil {
+			t.Fatalf("ListAfter(%q, %q, %d): %v", tt.prefix, tt.after, tt.limit, err)
+		}
+		if !slices.Equal(keys(got), tt.want) && !(len(got) == 0 && len(tt.want) == 0) {
+			t.Errorf("ListAfter(%q, %q, %d) = %q, want %q", tt.prefix, tt.after, tt.limit, keys(got), tt.want)
+		}
+	}
+	// Walk pages through everything after a key, and stops when told.
+	var walked []string
+	if err := store.Walk(ctx, s, "c1/deltas/h/", all[1], func(o store.ObjectInfo) bool {
+		walked = append(walked, o.Key)
+		return len(walked) < 5
+	}); err != nil || !slices.Equal(walked, all[2:7]) {
+		t.Errorf("Walk = %q, %v; want %q", walked, err, all[2:7])
 	}
 }
 
