@@ -22,19 +22,29 @@ type Capturer struct {
 	Cluster  string
 	Flush    time.Duration // a segment at least this often while there are changes
 	MaxBytes int           // or sooner, when this much is buffered
-	// Snapshot takes a full snapshot now and returns its revision: where capture starts
-	// when there is nothing to resume from, or after etcd compacted past it.
-	Snapshot func(ctx context.Context) (int64, error)
+	// Snapshot takes a full snapshot now, of the given history, and returns its manifest:
+	// where capture starts when there is nothing to resume from, when etcd's history
+	// changed (a restore), or after etcd compacted past the last stored revision.
+	Snapshot func(ctx context.Context, history string) (*snapshot.Manifest, error)
+	// ObserveEvery is how often an idle capture records how far it has seen etcd
+	// (Observed), so recent points stay reachable; default twice Flush, at least 1s.
+	ObserveEvery time.Duration
+	// Drain, when closed, makes Run store what it buffered and return (a graceful stop
+	// while still leading). Cancelling Run's context instead stops it without writing:
+	// that is what losing leadership does.
+	Drain <-chan struct{}
 	// OnSegment, OnProgress and OnTrouble feed metrics and alerts; all may be nil.
 	OnSegment func(*Manifest)
 	// OnProgress reports the last stored revision and the RPO (lag). stored says that
 	// storing works: the report follows a flush that succeeded (or had nothing to store).
 	OnProgress func(lastRev int64, lag time.Duration, stored bool)
 	// OnTrouble reports why capture is interrupted: kind is "compacted" (revisions were
-	// lost to compaction; a full snapshot bridged them) or "failing" (the watch or the
-	// store fails; capture retries from the last stored revision).
+	// lost to compaction; a full snapshot bridged them), "new_history" (etcd was restored:
+	// a new timeline starts with a full snapshot, nothing was lost) or "failing" (the watch
+	// or the store fails; capture retries from the last stored revision).
 	OnTrouble func(kind string, err error)
 
+	id      Identity        // the history being captured
 	ttls    map[int64]int64 // lease id → granted TTL, as asked from etcd
 	pending time.Time       // capture time of the oldest change not yet stored
 	stored  int64           // the last revision stored (or the snapshot capture resumed from)
@@ -106,27 +116,6 @@ func (c *Capturer) observe(ctx context.Context, d time.Duration) {
 	}
 }
 
-// ResumeRevision is the revision after which capture continues: the last stored segment's
-// end, else the newest full snapshot's revision; 0 if there is neither.
-func ResumeRevision(ctx context.Context, st store.Store, cluster string) (int64, error) {
-	segs, err := List(ctx, st, cluster)
-	if err != nil {
-		return 0, err
-	}
-	snaps, err := snapshot.List(ctx, st, cluster)
-	if err != nil {
-		return 0, err
-	}
-	var rev int64
-	if len(segs) > 0 {
-		rev = segs[len(segs)-1].ToRev
-	}
-	if len(snaps) > 0 && snaps[0].Revision > rev {
-		rev = snaps[0].Revision
-	}
-	return rev, nil
-}
-
 // Run captures until ctx ends, then writes what it buffered. It does not give up: after
 // a failure it reports it and resumes, with backoff, from the last revision stored.
 func (c *Capturer) Run(ctx context.Context) {
@@ -139,6 +128,14 @@ func (c *Capturer) Run(ctx context.Context) {
 		}
 		if progressed {
 			backoff = time.Second
+		}
+		if errors.Is(err, errDrained) {
+			return
+		}
+		if errors.Is(err, errHistoryChanged) || errors.Is(err, rpctypes.ErrCompacted) {
+			// The resume that follows at once finds out what happened and says so.
+			log.Info("delta capture resuming at once", "reason", err)
+			continue
 		}
 		log.Warn("delta capture interrupted; resuming from the last stored revision", "in", backoff, "err", err)
 		if c.OnProgress != nil && !c.pending.IsZero() {
@@ -157,54 +154,124 @@ func (c *Capturer) trouble(kind string, err error) {
 	}
 }
 
-// runOnce resumes from the store and captures until an error; progressed says whether it
-// stored anything.
+// runOnce finds where capture resumes, checks that etcd still continues that history,
+// and captures until an error; progressed says whether it stored anything.
 func (c *Capturer) runOnce(ctx context.Context, log *slog.Logger) (progressed bool, err error) {
-	rev, err := ResumeRevision(ctx, c.Store, c.Cluster)
+	from, err := c.resume(ctx, log)
 	if err != nil {
-		return false, fmt.Errorf("finding where delta capture resumes: %w", err)
+		return false, err
 	}
-	if rev == 0 {
-		if rev, err = c.Snapshot(ctx); err != nil {
-			return false, fmt.Errorf("taking the full snapshot delta capture starts from: %w", err)
-		}
-	}
-	start := rev
-	for {
-		c.stored = rev
-		next, err := c.watch(ctx, rev)
-		progressed = progressed || next > start
-		if !errors.Is(err, rpctypes.ErrCompacted) {
-			return progressed, err
-		}
-		// The revisions after next are gone from etcd: a full snapshot bridges the gap,
-		// and points inside it can no longer be restored exactly.
-		log.Error("etcd compacted past the last captured revision; taking a full snapshot to resume from", "revision", next)
-		c.trouble("compacted", fmt.Errorf("etcd compacted revisions after %d before they were captured: %w", next, err))
-		if rev, err = c.Snapshot(ctx); err != nil {
-			return progressed, fmt.Errorf("resuming delta capture after compaction: %w", err)
-		}
-	}
+	next, err := c.watch(ctx, from)
+	return next > from.Revision, err
 }
+
+// resume returns the point capture continues after, having set c.id: the last stored
+// point of the current history if etcd continues it; else a full snapshot, in a new
+// history if etcd's history changed (a restore) or in the same one if etcd compacted past it.
+func (c *Capturer) resume(ctx context.Context, log *slog.Logger) (*Mark, error) {
+	snap, seg, err := resumePoints(ctx, c.Store, c.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("finding where delta capture resumes: %w", err)
+	}
+	newest := snap
+	if seg != nil && (snap == nil || seg.Revision >= snap.Revision) {
+		newest = seg
+	}
+	var v Verdict
+	switch {
+	case newest == nil:
+		return c.newTimeline(ctx, log, "", "no full snapshot yet")
+	case newest.History == "":
+		return c.newTimeline(ctx, log, NewHistory(time.Now()), "the stored snapshots and deltas predate histories")
+	default:
+		if v, err = Check(ctx, c.Cli, newest); err != nil {
+			return nil, fmt.Errorf("checking that etcd continues history %s: %w", newest.History, err)
+		}
+	}
+	c.id = Identity{History: newest.History, ClusterID: v.ClusterID, RaftIndex: v.RaftIndex}
+	switch {
+	case v.Changed != "":
+		log.Warn("etcd's history changed (a restore?): starting a new timeline with a full snapshot", "why", v.Changed)
+		c.trouble("new_history", errors.New(v.Changed))
+		return c.newTimeline(ctx, log, NewHistory(time.Now()), v.Changed)
+	case v.Compacted:
+		// The revisions after newest are gone from etcd: a full snapshot bridges the gap,
+		// and points inside it can no longer be restored exactly.
+		log.Error("etcd compacted past the last captured revision; taking a full snapshot to resume from", "revision", newest.Revision)
+		c.trouble("compacted", fmt.Errorf("etcd compacted revisions after %d before they were captured: %w", newest.Revision, rpctypes.ErrCompacted))
+		return c.newTimeline(ctx, log, newest.History, "")
+	}
+	if newest == snap && seg != nil {
+		// A snapshot newer than the last segment (taken while capture was down): if etcd
+		// still holds the revisions after the segment, resume there and leave no gap.
+		if sv, err := Check(ctx, c.Cli, seg); err == nil && sv.Changed == "" && !sv.Compacted {
+			return seg, nil
+		}
+	}
+	return newest, nil
+}
+
+// newTimeline takes a full snapshot in history (a new one if "") and resumes from it.
+func (c *Capturer) newTimeline(ctx context.Context, log *slog.Logger, history, why string) (*Mark, error) {
+	if history == "" {
+		history = NewHistory(time.Now())
+	}
+	m, err := c.Snapshot(ctx, history)
+	if err != nil {
+		return nil, fmt.Errorf("taking the full snapshot delta capture starts from: %w", err)
+	}
+	if why != "" {
+		log.Info("delta capture starts a new history", "history", m.History, "snapshot", m.ID, "revision", m.Revision, "why", why)
+	}
+	c.id = Identity{History: m.History, ClusterID: m.ClusterID, RaftIndex: m.RaftIndex}
+	return snapshotMark(m), nil
+}
+
+// errDrained ends a capture that was asked to stop after storing what it buffered.
+var errDrained = errors.New("delta capture drained")
 
 // watch captures revisions after rev until an error, and returns the last revision stored.
 // What it has buffered is bounded by MaxBytes: when the store refuses a flush, watch drops
 // the buffer and returns, and the next attempt reads those revisions from etcd again.
-func (c *Capturer) watch(ctx context.Context, rev int64) (int64, error) {
+//
+// Before every segment is stored, etcd is checked to still continue the history: the
+// client resumes a broken watch by itself, and after a restore onto the same endpoints it
+// would go on delivering the new history's revisions as if they followed the old ones.
+func (c *Capturer) watch(ctx context.Context, from *Mark) (int64, error) {
+	rev := from.Revision
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := c.Cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify(), clientv3.WithFragment())
-	var buf []Revision
-	size := 0
+	c.stored = rev
+	var (
+		buf  []Revision
+		size int
+		last = from // the last stored point, for the check before each flush
+		// asked is when capture, idle with everything stored, last asked etcd for a
+		// progress notification; observed when it last recorded one.
+		asked, observed time.Time
+	)
 	flush := func(fctx context.Context) error {
 		if len(buf) == 0 {
 			return nil
 		}
-		m, err := WriteSegment(fctx, c.Store, c.Cluster, buf)
+		v, err := Check(fctx, c.Cli, last)
+		if err != nil {
+			return fmt.Errorf("checking etcd's history before storing revisions %d-%d: %w", buf[0].Rev, buf[len(buf)-1].Rev, err)
+		}
+		if v.Changed != "" {
+			// What is buffered may be of either history: it is dropped, not mixed in.
+			buf, size, c.pending = nil, 0, time.Time{}
+			return fmt.Errorf("%w: %s", errHistoryChanged, v.Changed)
+		}
+		if v.RaftIndex > 0 {
+			c.id.RaftIndex = v.RaftIndex
+		}
+		m, err := WriteSegment(fctx, c.Store, c.Cluster, c.id, buf)
 		if err != nil {
 			return err
 		}
-		rev, buf, size, c.pending, c.stored = m.ToRev, nil, 0, time.Time{}, m.ToRev
+		rev, buf, size, c.pending, c.stored, last = m.ToRev, nil, 0, time.Time{}, m.ToRev, m.mark()
 		for len(c.seen) > 0 && c.seen[0].rev <= rev {
 			c.seen = c.seen[1:]
 		}
@@ -223,27 +290,56 @@ func (c *Capturer) watch(ctx context.Context, rev int64) (int64, error) {
 		}
 		c.OnProgress(rev, lag, stored)
 	}
+	observeEvery := c.ObserveEvery
+	if observeEvery <= 0 {
+		observeEvery = max(2*c.Flush, time.Second)
+	}
 	t := time.NewTicker(c.Flush)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			// Shutdown or lost leadership: store what was captured, within reason.
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer cancel()
-			err := flush(fctx)
-			return rev, err
+			// Lost leadership or shutdown: nothing more is written (another daemon may
+			// lead already); the next leader reads the unstored revisions from etcd.
+			return rev, ctx.Err()
+		case <-c.Drain:
+			return rev, errors.Join(flush(ctx), errDrained)
 		case <-t.C:
 			if err := flush(ctx); err != nil {
 				return rev, err
 			}
 			progress(true)
+			if len(buf) == 0 && asked.IsZero() && time.Since(observed) >= observeEvery {
+				asked = time.Now()
+				if err := c.Cli.RequestProgress(wctx); err != nil {
+					asked = time.Time{}
+				}
+			}
 		case resp, ok := <-wch:
 			if !ok {
 				return rev, errors.Join(flush(ctx), errors.New("watch closed"))
 			}
 			if err := resp.Err(); err != nil {
 				return rev, errors.Join(flush(ctx), err)
+			}
+			if h := resp.Header; h.Revision < c.stored || fmt.Sprintf("%x", h.ClusterId) != c.id.ClusterID && c.id.ClusterID != "" {
+				buf, size, c.pending = nil, 0, time.Time{}
+				return rev, fmt.Errorf("%w: the watch answered at revision %d of cluster %x after revision %d of cluster %s was stored",
+					errHistoryChanged, h.Revision, h.ClusterId, c.stored, c.id.ClusterID)
+			}
+			if resp.IsProgressNotify() {
+				// At the time capture asked, etcd was at most at this revision; if every
+				// revision up to it is stored, points up to that time are reachable.
+				if !asked.IsZero() && len(buf) == 0 && resp.Header.Revision == c.stored {
+					err := WriteObserved(ctx, c.Store, c.Cluster, Observed{History: c.id.History, Revision: c.stored, Time: asked.UTC()})
+					if err != nil {
+						slog.WarnContext(ctx, "could not record how far delta capture observed etcd", "err", err)
+					} else {
+						observed = asked
+					}
+				}
+				asked = time.Time{}
+				continue
 			}
 			revs := FromWatch(resp, time.Now())
 			c.firstSeen(revs)

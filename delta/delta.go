@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 
@@ -51,6 +52,8 @@ type Revision struct {
 // Manifest describes a stored segment.
 type Manifest struct {
 	Cluster   string    `json:"cluster"`
+	History   string    `json:"history,omitempty"` // "" for segments written before histories
+	ClusterID string    `json:"cluster_id,omitempty"`
 	FromRev   int64     `json:"from_rev"`
 	ToRev     int64     `json:"to_rev"`
 	FirstTime time.Time `json:"first_time"`
@@ -60,36 +63,64 @@ type Manifest struct {
 	Size      int64     `json:"size"`
 	SHA256    string    `json:"sha256"` // of the stored (compressed) object
 	Object    string    `json:"object"`
+	// RaftIndex (etcd's committed index when the segment was stored) and Tail (keys the
+	// last revision wrote) let capture tell, when it resumes, whether etcd still continues
+	// this history.
+	RaftIndex uint64             `json:"raft_index,omitempty"`
+	Tail      []snapshot.TailKey `json:"tail,omitempty"`
 
 	key string // the manifest's key; with List's summaries, the rest is read on demand
 }
 
+// Identity is what a capture knows of the history it writes.
+type Identity struct {
+	History   string
+	ClusterID string
+	RaftIndex uint64 // committed raft index at or before the segment's first revision
+}
+
 func prefix(cluster string) string { return cluster + "/deltas/" }
+
+// historyPrefix is where a history's segments live. Within it, names start with the last
+// revision (<to>-<from>), so a listing can start right after any revision: a restore
+// lists from its base snapshot, a resume from the newest one, never the whole history.
+func historyPrefix(cluster, history string) string { return prefix(cluster) + history + "/" }
 
 func baseName(from, to int64) string { return fmt.Sprintf("%020d-%020d", from, to) }
 
-func manifestKey(cluster string, m *Manifest) string {
-	return fmt.Sprintf("%s%s.t%d-%d.json", prefix(cluster), baseName(m.FromRev, m.ToRev), m.FirstTime.UnixNano(), m.LastTime.UnixNano())
+func (m *Manifest) base() string {
+	if m.History == "" {
+		return prefix(m.Cluster) + baseName(m.FromRev, m.ToRev)
+	}
+	return historyPrefix(m.Cluster, m.History) + baseName(m.ToRev, m.FromRev)
 }
 
-func dataKey(cluster string, from, to int64) string {
-	return prefix(cluster) + baseName(from, to) + ".seg.zst"
+func manifestKey(m *Manifest) string {
+	return fmt.Sprintf("%s.t%d-%d.json", m.base(), m.FirstTime.UnixNano(), m.LastTime.UnixNano())
 }
 
 // summary reads a segment's manifest key; ok is false for keys named otherwise (or
 // written before the times were in the name), whose manifest must be read.
-func summary(cluster, key string) (m *Manifest, ok bool) {
-	name, found := strings.CutSuffix(strings.TrimPrefix(key, prefix(cluster)), ".json")
+func summary(cluster, history, key string) (m *Manifest, ok bool) {
+	dir := prefix(cluster)
+	if history != "" {
+		dir = historyPrefix(cluster, history)
+	}
+	name, found := strings.CutSuffix(strings.TrimPrefix(key, dir), ".json")
 	revs, times, found2 := strings.Cut(name, ".t")
-	if !found || !found2 {
+	if !found || !found2 || strings.Contains(revs, "/") {
 		return nil, false
 	}
-	var from, to, first, last int64
-	if n, err := fmt.Sscanf(revs+" "+times, "%d-%d %d-%d", &from, &to, &first, &last); n != 4 || err != nil || revs != baseName(from, to) {
+	var a, b, first, last int64
+	if n, err := fmt.Sscanf(revs+" "+times, "%d-%d %d-%d", &a, &b, &first, &last); n != 4 || err != nil || revs != baseName(a, b) {
 		return nil, false
 	}
-	return &Manifest{Cluster: cluster, FromRev: from, ToRev: to, FirstTime: time.Unix(0, first).UTC(), LastTime: time.Unix(0, last).UTC(),
-		Object: dataKey(cluster, from, to), key: key}, true
+	m = &Manifest{Cluster: cluster, History: history, FromRev: a, ToRev: b, FirstTime: time.Unix(0, first).UTC(), LastTime: time.Unix(0, last).UTC(), key: key}
+	if history != "" {
+		m.FromRev, m.ToRev = b, a
+	}
+	m.Object = m.base() + ".seg.zst"
+	return m, true
 }
 
 // load reads a manifest object whole.
@@ -106,18 +137,44 @@ func load(ctx context.Context, st store.Store, key string) (*Manifest, error) {
 	return &m, nil
 }
 
-// WriteSegment stores revs (ascending, consecutive) as one segment: data first, manifest last.
-func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Revision) (*Manifest, error) {
+// full returns the whole manifest m summarizes, checked against its name.
+func (m *Manifest) full(ctx context.Context, st store.Store) (*Manifest, error) {
+	if m.SHA256 != "" {
+		return m, nil
+	}
+	full, err := load(ctx, st, m.key)
+	if err != nil {
+		return nil, err
+	}
+	if full.FromRev != m.FromRev || full.ToRev != m.ToRev || full.Object != m.Object || full.History != m.History {
+		return nil, fmt.Errorf("%w: manifest %s describes revisions %d-%d of history %q in %s", ErrCorrupt, m.key, full.FromRev, full.ToRev, full.History, full.Object)
+	}
+	return full, nil
+}
+
+// mark is where the segment ends, as a point of its history.
+func (m *Manifest) mark() *Mark {
+	return &Mark{History: m.History, ClusterID: m.ClusterID, Revision: m.ToRev, Time: m.LastTime, RaftIndex: m.RaftIndex, Tail: m.Tail}
+}
+
+// WriteSegment stores revs (ascending, consecutive) as one segment of id's history: data
+// first, manifest last.
+func WriteSegment(ctx context.Context, st store.Store, cluster string, id Identity, revs []Revision) (*Manifest, error) {
 	if len(revs) == 0 {
 		return nil, errors.New("empty segment")
+	}
+	if id.History == "" {
+		return nil, errors.New("a delta segment needs the history it belongs to")
 	}
 	for i := 1; i < len(revs); i++ {
 		if revs[i].Rev != revs[i-1].Rev+1 {
 			return nil, fmt.Errorf("revisions %d and %d are not consecutive: a gap would make the segment unusable", revs[i-1].Rev, revs[i].Rev)
 		}
 	}
-	m := &Manifest{Cluster: cluster, FromRev: revs[0].Rev, ToRev: revs[len(revs)-1].Rev, FirstTime: revs[0].Time, LastTime: revs[len(revs)-1].Time, Revisions: len(revs)}
-	m.Object = dataKey(cluster, m.FromRev, m.ToRev)
+	last := revs[len(revs)-1]
+	m := &Manifest{Cluster: cluster, History: id.History, ClusterID: id.ClusterID, RaftIndex: id.RaftIndex,
+		FromRev: revs[0].Rev, ToRev: last.Rev, FirstTime: revs[0].Time, LastTime: last.Time, Revisions: len(revs), Tail: tailOf(last)}
+	m.Object = m.base() + ".seg.zst"
 	for _, r := range revs {
 		m.Events += len(r.Events)
 	}
@@ -146,7 +203,7 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Re
 	if err != nil {
 		return nil, fmt.Errorf("storing delta segment %s: %w", m.Object, err)
 	}
-	m.Size, m.SHA256, m.key = n, hex.EncodeToString(h.Sum(nil)), manifestKey(cluster, m)
+	m.Size, m.SHA256, m.key = n, hex.EncodeToString(h.Sum(nil)), manifestKey(m)
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return nil, err
@@ -157,12 +214,53 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, revs []Re
 	return m, nil
 }
 
-// List returns the cluster's segments in revision order, from the names in one listing:
-// revisions, capture times, object and size. ReadSegment reads the rest (the sha256).
-func List(ctx context.Context, st store.Store, cluster string) ([]*Manifest, error) {
-	objs, err := st.List(ctx, prefix(cluster))
+// Segments returns the segments of history that end after revision after, in revision
+// order, up to and including the first for which last returns true (nil: to the end). It
+// lists only those: a listing starts right after the revision. The segments written
+// before histories ("" history) are listed whole.
+func Segments(ctx context.Context, st store.Store, cluster, history string, after int64, last func(*Manifest) bool) ([]*Manifest, error) {
+	var out []*Manifest
+	keep := func(m *Manifest) bool {
+		if m.ToRev <= after {
+			return true
+		}
+		out = append(out, m)
+		return last == nil || !last(m)
+	}
+	if history == "" {
+		segs, err := legacySegments(ctx, st, cluster)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range segs {
+			if !keep(m) {
+				break
+			}
+		}
+		return out, nil
+	}
+	dir := historyPrefix(cluster, history)
+	err := store.Walk(ctx, st, dir, dir+fmt.Sprintf("%020d~", max(after, 0)), func(o store.ObjectInfo) bool {
+		if !strings.HasSuffix(o.Key, ".json") {
+			return true
+		}
+		m, ok := summary(cluster, history, o.Key)
+		if !ok {
+			return true // observed.json, or a name of someone else's
+		}
+		return keep(m)
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("listing delta segments of history %s: %w", history, err)
+	}
+	return out, nil
+}
+
+// legacySegments lists the segments written before histories, whole.
+func legacySegments(ctx context.Context, st store.Store, cluster string) ([]*Manifest, error) {
+	objs, err := st.List(ctx, prefix(cluster)+"0")
+	if err != nil {
+		return nil, fmt.Errorf("listing delta segments: %w", err)
 	}
 	sizes := map[string]int64{}
 	for _, o := range objs {
@@ -173,7 +271,7 @@ func List(ctx context.Context, st store.Store, cluster string) ([]*Manifest, err
 		if !strings.HasSuffix(o.Key, ".json") {
 			continue
 		}
-		m, ok := summary(cluster, o.Key)
+		m, ok := summary(cluster, "", o.Key)
 		if !ok {
 			if m, err = load(ctx, st, o.Key); err != nil {
 				return nil, err
@@ -185,6 +283,59 @@ func List(ctx context.Context, st store.Store, cluster string) ([]*Manifest, err
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// lastSegment returns the last segment of history if it ends after revision after, else nil.
+func lastSegment(ctx context.Context, st store.Store, cluster, history string, after int64) (*Manifest, error) {
+	segs, err := Segments(ctx, st, cluster, history, after, nil)
+	if err != nil || len(segs) == 0 {
+		return nil, err
+	}
+	return segs[len(segs)-1], nil
+}
+
+// Observed is how far capture has seen a history with nothing left to store: at Time,
+// etcd was at Revision and every revision up to it was stored. An idle cluster writes no
+// segments; this is what keeps its recent points reachable.
+type Observed struct {
+	History  string    `json:"history"`
+	Revision int64     `json:"revision"`
+	Time     time.Time `json:"time"`
+}
+
+func observedKey(cluster, history string) string {
+	return historyPrefix(cluster, history) + "observed.json"
+}
+
+// WriteObserved records o for its history.
+func WriteObserved(ctx context.Context, st store.Store, cluster string, o Observed) error {
+	b, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	if err := store.PutBytes(ctx, st, observedKey(cluster, o.History), b); err != nil {
+		return fmt.Errorf("recording how far delta capture observed history %s: %w", o.History, err)
+	}
+	return nil
+}
+
+// ReadObserved returns what capture last recorded for history; nil if nothing.
+func ReadObserved(ctx context.Context, st store.Store, cluster, history string) (*Observed, error) {
+	if history == "" {
+		return nil, nil
+	}
+	b, err := store.ReadAll(ctx, st, observedKey(cluster, history), 1<<16)
+	if errors.Is(err, store.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading how far delta capture observed history %s: %w", history, err)
+	}
+	var o Observed
+	if err := json.Unmarshal(b, &o); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, observedKey(cluster, history), err)
+	}
+	return &o, nil
 }
 
 // Gap is a missing stretch of revisions between two stored segments.
@@ -208,15 +359,9 @@ var ErrCorrupt = errors.New("delta segment corrupt")
 // fn sees revisions before the checksum is known to match, so a caller that applies them
 // must be ready to discard its work when ReadSegment fails.
 func ReadSegment(ctx context.Context, st store.Store, m *Manifest, fn func(Revision) error) error {
-	if m.SHA256 == "" {
-		full, err := load(ctx, st, m.key)
-		if err != nil {
-			return err
-		}
-		if full.FromRev != m.FromRev || full.ToRev != m.ToRev || full.Object != m.Object {
-			return fmt.Errorf("%w: manifest %s describes revisions %d-%d in %s", ErrCorrupt, m.key, full.FromRev, full.ToRev, full.Object)
-		}
-		m = full
+	m, err := m.full(ctx, st)
+	if err != nil {
+		return err
 	}
 	rc, err := st.Get(ctx, m.Object)
 	if err != nil {
@@ -273,62 +418,74 @@ func FromWatch(resp clientv3.WatchResponse, now time.Time) []Revision {
 	return out
 }
 
-// Prune deletes the segments no kept snapshot can reach: those ending at or below the
-// oldest snapshot that retention keeps (decisions, from snapshot.Prune; snapshots not in
-// it are kept). It returns the segments deleted, or that would be with dryRun. Each
-// manifest goes before its data, so a segment never appears without its data.
+// Prune deletes the segments no kept snapshot can reach: in each history, those ending
+// at or below the oldest snapshot of it that retention keeps (decisions, from
+// snapshot.Prune; snapshots not in it are kept), and every segment of a history none of
+// whose snapshots is kept. It returns the segments deleted, or that would be with dryRun.
+// Each manifest goes before its data, so a segment never appears without its data.
 func Prune(ctx context.Context, st store.Store, cluster string, decisions []snapshot.Decision, dryRun bool) ([]*Manifest, error) {
 	snaps, err := snapshot.List(ctx, st, cluster)
 	if err != nil {
 		return nil, err
 	}
 	dropped := map[string]bool{}
+	histories := map[string]bool{}
 	for _, d := range decisions {
 		dropped[d.ID] = !d.Keep
+		histories[d.History] = true
 	}
-	var floor int64 = -1
+	floors := map[string]int64{} // history → the oldest kept snapshot's revision
 	for _, s := range snaps {
-		if !dropped[s.ID] && (floor < 0 || s.Revision < floor) {
-			floor = s.Revision
+		histories[s.History] = true
+		if f, ok := floors[s.History]; !dropped[s.ID] && (!ok || s.Revision < f) {
+			floors[s.History] = s.Revision
 		}
 		delete(dropped, s.ID)
 	}
 	for id, drop := range dropped {
 		if !drop {
 			// A kept snapshot did not list (a manifest unreadable for a moment): its
-			// revision is unknown, so nothing is safe to delete this time.
+			// history and revision are unknown, so nothing is safe to delete this time.
 			slog.WarnContext(ctx, "not pruning delta segments: a kept snapshot is missing from the listing", "cluster", cluster, "snapshot", id)
 			return nil, nil
 		}
 	}
-	if floor < 0 {
-		return nil, nil // no snapshot kept: keep the deltas for whoever looks
-	}
-	segs, err := List(ctx, st, cluster)
-	if err != nil {
-		return nil, err
-	}
 	var out []*Manifest
-	for _, m := range segs {
-		if m.ToRev > floor {
-			break
+	for h := range histories {
+		floor, ok := floors[h]
+		if !ok {
+			floor = math.MaxInt64 // no snapshot of this history is kept: none of its segments is reachable
 		}
-		out = append(out, m)
-		if dryRun {
-			continue
+		segs, err := Segments(ctx, st, cluster, h, 0, func(m *Manifest) bool { return m.ToRev >= floor })
+		if err != nil {
+			return out, err
 		}
-		keys := []string{m.key}
-		if strings.HasPrefix(m.Object, prefix(cluster)) { // a manifest only names its own cluster's objects
-			keys = append(keys, m.Object)
+		for _, m := range segs {
+			if m.ToRev > floor {
+				break
+			}
+			out = append(out, m)
+			if dryRun {
+				continue
+			}
+			keys := []string{m.key}
+			if strings.HasPrefix(m.Object, prefix(cluster)) { // a manifest only names its own cluster's objects
+				keys = append(keys, m.Object)
+			}
+			for _, key := range keys {
+				if err := st.Delete(ctx, key); err != nil {
+					return out, fmt.Errorf("pruning delta segment %s (deleting %s): %w; run prune again to finish", m.Object, key, err)
+				}
+			}
 		}
-		for _, key := range keys {
-			if err := st.Delete(ctx, key); err != nil {
-				return out, fmt.Errorf("pruning delta segment %s (deleting %s): %w; run prune again to finish", m.Object, key, err)
+		if !ok && h != "" && !dryRun {
+			if err := st.Delete(ctx, observedKey(cluster, h)); err != nil {
+				return out, fmt.Errorf("pruning history %s: %w", h, err)
 			}
 		}
 	}
 	if len(out) > 0 && !dryRun {
-		slog.InfoContext(ctx, "delta segments pruned: no kept snapshot reaches them", "cluster", cluster, "segments", len(out), "to_revision", out[len(out)-1].ToRev)
+		slog.InfoContext(ctx, "delta segments pruned: no kept snapshot reaches them", "cluster", cluster, "segments", len(out))
 	}
 	return out, nil
 }

@@ -68,11 +68,11 @@ func TestSegmentsReplayToEtcdsState(t *testing.T) {
 	}
 	half := len(revs) / 2
 	for _, part := range [][]Revision{revs[:half], revs[half:]} {
-		if _, err := WriteSegment(ctx, st, "c1", part); err != nil {
+		if _, err := WriteSegment(ctx, st, "c1", h1, part); err != nil {
 			t.Fatal(err)
 		}
 	}
-	segs, err := List(ctx, st, "c1")
+	segs, err := Segments(ctx, st, "c1", h1.History, 0, nil)
 	if err != nil || len(segs) != 2 || len(Gaps(segs)) != 0 || segs[0].FromRev != start+1 || segs[1].ToRev != last {
 		t.Fatalf("segments %v, gaps %v, err %v", segs, Gaps(segs), err)
 	}
@@ -115,8 +115,20 @@ func TestSegmentsReplayToEtcdsState(t *testing.T) {
 	if gaps := Gaps([]*Manifest{segs[0], {FromRev: segs[1].FromRev + 5, ToRev: segs[1].ToRev}}); len(gaps) != 1 || gaps[0].From != segs[0].ToRev+1 {
 		t.Fatalf("gaps %v", gaps)
 	}
-	if _, err := WriteSegment(ctx, st, "c1", []Revision{revs[0], revs[2]}); err == nil {
+	if _, err := WriteSegment(ctx, st, "c1", h1, []Revision{revs[0], revs[2]}); err == nil {
 		t.Fatal("a segment with a gap was written")
+	}
+}
+
+var h1 = Identity{History: "20260101T000000Z-aaaaaa"}
+
+// snapshots is a Capturer.Snapshot that takes real snapshots of the etcd behind cli.
+func snapshots(t *testing.T, cli *clientv3.Client, st store.Store) func(context.Context, string) (*snapshot.Manifest, error) {
+	return func(ctx context.Context, history string) (*snapshot.Manifest, error) {
+		return snapshot.Save(ctx, cli, st, snapshot.SaveOptions{Cluster: "c1", Endpoint: cli.Endpoints()[0], Compression: "zstd", Level: "fastest",
+			History: func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
+				return history, Tail(ctx, cli, rev), nil
+			}})
 	}
 }
 
@@ -137,9 +149,12 @@ func TestCaptureAfterCompaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A segment ends at revision r; then etcd moves on and compacts past it.
+	// A snapshot, a segment that ends at revision r; then etcd moves on and compacts past it.
+	must(cli.Put(ctx, "/0", "0"))
+	take := snapshots(t, cli, st)
+	s0 := must(take(ctx, h1.History))
 	r := must(cli.Put(ctx, "/a", "1")).Header.Revision
-	if _, err := WriteSegment(ctx, st, "c1", []Revision{{Rev: r, Time: time.Now(), Events: []Event{{Key: []byte("/a"), Value: []byte("1")}}}}); err != nil {
+	if _, err := WriteSegment(ctx, st, "c1", Identity{History: h1.History, ClusterID: s0.ClusterID}, []Revision{{Rev: r, Time: time.Now(), Events: []Event{{Key: []byte("/a"), Value: []byte("1")}}}}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 10 {
@@ -154,10 +169,12 @@ func TestCaptureAfterCompaction(t *testing.T) {
 	var mu sync.Mutex
 	c := &Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: 100 * time.Millisecond,
 		OnTrouble: func(kind string, _ error) { mu.Lock(); troubles = append(troubles, kind); mu.Unlock() },
-		Snapshot: func(context.Context) (int64, error) {
-			rev := must(cli.Get(ctx, "x")).Header.Revision // stands in for a full snapshot at this revision
-			snapped <- rev
-			return rev, nil
+		Snapshot: func(ctx context.Context, history string) (*snapshot.Manifest, error) {
+			m, err := take(ctx, history)
+			if err == nil {
+				snapped <- m.Revision
+			}
+			return m, err
 		}}
 	done := make(chan struct{})
 	go func() { c.Run(cctx); close(done) }()
@@ -169,7 +186,7 @@ func TestCaptureAfterCompaction(t *testing.T) {
 	}
 	after := must(cli.Put(ctx, "/c", "after")).Header.Revision
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if segs, _ := List(ctx, st, "c1"); len(segs) == 2 && segs[1].ToRev >= after {
+		if segs, _ := Segments(ctx, st, "c1", h1.History, 0, nil); len(segs) == 2 && segs[1].ToRev >= after {
 			if segs[1].FromRev != base+1 {
 				t.Fatalf("resumed at %d, want right after the new snapshot's revision %d", segs[1].FromRev, base)
 			}
@@ -183,7 +200,7 @@ func TestCaptureAfterCompaction(t *testing.T) {
 	<-done
 	mu.Lock()
 	defer mu.Unlock()
-	if !slices.Contains(troubles, "compacted") {
+	if !slices.Contains(troubles, "compacted") || slices.Contains(troubles, "new_history") {
 		t.Fatalf("the compaction was not reported (for the alert): %v", troubles)
 	}
 }
@@ -213,12 +230,14 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := &flaky{Store: fs}
-	base := must(cli.Put(ctx, "/base", "x")).Header.Revision
+	must(cli.Put(ctx, "/base", "x"))
+	take := snapshots(t, cli, fs)
+	base := must(take(ctx, h1.History)).Revision
 	troubled := make(chan string, 100)
 	var unstoredLag atomic.Int64 // the RPO reported while nothing could be stored
 	cctx, cancel := context.WithCancel(ctx)
 	c := &Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: 50 * time.Millisecond, MaxBytes: 4 << 10,
-		Snapshot:  func(context.Context) (int64, error) { return base, nil },
+		Snapshot:  take,
 		OnTrouble: func(kind string, _ error) { troubled <- kind },
 		OnProgress: func(_ int64, lag time.Duration, stored bool) {
 			if !stored && lag > 0 {
@@ -244,7 +263,7 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a store that refuses writes was not reported")
 	}
-	if segs, _ := List(ctx, fs, "c1"); len(segs) != 0 {
+	if segs, _ := Segments(ctx, fs, "c1", h1.History, 0, nil); len(segs) != 0 {
 		t.Fatalf("%d segments stored while the store was down", len(segs))
 	}
 	if unstoredLag.Load() <= 0 {
@@ -255,7 +274,7 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 	st.down.Store(false)
 	last := must(cli.Put(ctx, "/after", "1")).Header.Revision
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		segs, err := List(ctx, fs, "c1")
+		segs, err := Segments(ctx, fs, "c1", h1.History, 0, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +309,9 @@ func TestCaptureWhileStoreDown(t *testing.T) {
 	}
 }
 
-// Retention drops the segments that no kept snapshot can reach, and only those.
+// Retention drops the segments that no kept snapshot can reach, and only those: in each
+// history, those below its oldest kept snapshot; all of a history none of whose snapshots
+// is kept.
 func TestPrune(t *testing.T) {
 	ctx := context.Background()
 	st, err := file.Open(t.TempDir())
@@ -298,50 +319,72 @@ func TestPrune(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()
-	for i, rev := range []int64{10, 30} {
-		m := snapshot.Manifest{ID: fmt.Sprintf("s%d", rev), Object: fmt.Sprintf("c1/snapshots/s%d.db.zst", rev), Cluster: "c1", Revision: rev, CreatedAt: now.Add(time.Duration(i) * time.Minute)}
+	h0 := Identity{History: "20250101T000000Z-000000"} // an older history, before a restore
+	for i, s := range []struct {
+		rev     int64
+		history string
+	}{{5, h0.History}, {10, h1.History}, {30, h1.History}} {
+		m := snapshot.Manifest{ID: fmt.Sprintf("s%d", s.rev), Object: fmt.Sprintf("c1/snapshots/s%d.db.zst", s.rev), Cluster: "c1", Revision: s.rev,
+			CreatedAt: now.Add(time.Duration(i) * time.Minute), History: s.history}
 		if err := store.PutBytes(ctx, st, "c1/snapshots/"+m.ID+".json", must(json.Marshal(m))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for from := int64(11); from < 50; from += 10 { // 11-20 21-30 31-40 41-50
+	write := func(id Identity, from, to int64) {
 		var revs []Revision
-		for r := from; r < from+10; r++ {
+		for r := from; r <= to; r++ {
 			revs = append(revs, Revision{Rev: r, Time: now, Events: []Event{{Key: []byte("/k"), Value: []byte("v")}}})
 		}
-		must(WriteSegment(ctx, st, "c1", revs))
+		must(WriteSegment(ctx, st, "c1", id, revs))
+	}
+	write(h0, 6, 40)                               // the old history's revisions overlap the new one's
+	for from := int64(11); from < 50; from += 10 { // 11-20 21-30 31-40 41-50
+		write(h1, from, from+9)
 	}
 	for _, tc := range []struct {
 		name     string
 		drop     []string // snapshots retention deletes
 		unlisted bool     // retention kept a snapshot that this listing misses
 		dryRun   bool
-		wantFrom int64 // first segment left
+		wantFrom int64 // first segment of h1 left
+		wantOld  int   // segments of h0 left
 	}{
-		{name: "oldest snapshot kept: all reachable", wantFrom: 11},
-		{name: "dry run changes nothing", drop: []string{"s10"}, dryRun: true, wantFrom: 11},
-		{name: "a kept snapshot did not list: prune nothing", drop: []string{"s10"}, unlisted: true, wantFrom: 11},
-		{name: "oldest dropped", drop: []string{"s10"}, wantFrom: 31},
-		{name: "every snapshot dropped: keep the deltas", drop: []string{"s10", "s30"}, wantFrom: 31},
+		{name: "oldest snapshot kept: all reachable", wantFrom: 11, wantOld: 1},
+		{name: "dry run changes nothing", drop: []string{"s5", "s10"}, dryRun: true, wantFrom: 11, wantOld: 1},
+		{name: "a kept snapshot did not list: prune nothing", drop: []string{"s5", "s10"}, unlisted: true, wantFrom: 11, wantOld: 1},
+		{name: "oldest dropped", drop: []string{"s10"}, wantFrom: 31, wantOld: 1},
+		{name: "the old history's only snapshot dropped", drop: []string{"s5", "s10"}, wantFrom: 31, wantOld: 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ds []snapshot.Decision
-			for _, id := range []string{"s10", "s30"} {
-				ds = append(ds, snapshot.Decision{ID: id, Keep: !slices.Contains(tc.drop, id)})
+			for _, id := range []string{"s5", "s10", "s30"} {
+				h := h1.History
+				if id == "s5" {
+					h = h0.History
+				}
+				ds = append(ds, snapshot.Decision{ID: id, History: h, Keep: !slices.Contains(tc.drop, id)})
 			}
 			if tc.unlisted {
-				ds = append(ds, snapshot.Decision{ID: "s5", Keep: true})
+				ds = append(ds, snapshot.Decision{ID: "s1", Keep: true})
+			}
+			if !tc.dryRun && !tc.unlisted {
+				for _, id := range tc.drop { // as snapshot.Prune does before
+					must(0, st.Delete(ctx, "c1/snapshots/"+id+".json"))
+				}
 			}
 			if _, err := Prune(ctx, st, "c1", ds, tc.dryRun); err != nil {
 				t.Fatal(err)
 			}
-			segs := must(List(ctx, st, "c1"))
+			segs := must(Segments(ctx, st, "c1", h1.History, 0, nil))
 			if len(segs) == 0 || segs[0].FromRev != tc.wantFrom || segs[len(segs)-1].ToRev != 50 {
 				t.Fatalf("segments left: %d, from %v", len(segs), segs)
 			}
+			if old := must(Segments(ctx, st, "c1", h0.History, 0, nil)); len(old) != tc.wantOld {
+				t.Fatalf("%d segments of the old history left, want %d", len(old), tc.wantOld)
+			}
 			objs := must(st.List(ctx, "c1/deltas/"))
-			if len(objs) != 2*len(segs) {
-				t.Fatalf("%d objects for %d segments: data left without its manifest", len(objs), len(segs))
+			if len(objs) != 2*(len(segs)+tc.wantOld) {
+				t.Fatalf("%d objects for %d segments: data left without its manifest", len(objs), len(segs)+tc.wantOld)
 			}
 		})
 	}
@@ -349,30 +392,39 @@ func TestPrune(t *testing.T) {
 
 func TestSummary(t *testing.T) {
 	first, last := time.Date(2026, 11, 27, 2, 13, 5, 123456789, time.UTC), time.Date(2026, 11, 27, 2, 13, 10, 0, time.UTC)
-	good := &Manifest{FromRev: 7, ToRev: 4100, FirstTime: first, LastTime: last}
+	good := &Manifest{Cluster: "c1", History: h1.History, FromRev: 7, ToRev: 4100, FirstTime: first, LastTime: last}
+	legacy := &Manifest{Cluster: "c1", FromRev: 7, ToRev: 4100, FirstTime: first, LastTime: last}
+	dir := "c1/deltas/" + h1.History + "/"
 	for _, tc := range []struct {
-		key  string
-		want bool
+		history, key string
+		want         bool
 	}{
-		{manifestKey("c1", good), true},
-		{"c1/deltas/00000000000000000007-00000000000000004100.json", false}, // named before the times were
-		{"c1/deltas/7-4100.t1-2.json", false},
-		{"c1/deltas/00000000000000000007-00000000000000004100.tx-2.json", false},
-		{"c1/deltas/00000000000000000007-00000000000000004100.t1-2.seg.zst", false},
+		{h1.History, manifestKey(good), true},
+		{"", manifestKey(legacy), true},
+		{h1.History, dir + "observed.json", false},
+		{"", "c1/deltas/00000000000000000007-00000000000000004100.json", false}, // named before the times were
+		{h1.History, dir + "7-4100.t1-2.json", false},
+		{h1.History, dir + "00000000000000004100-00000000000000000007.tx-2.json", false},
+		{h1.History, dir + "00000000000000004100-00000000000000000007.t1-2.seg.zst", false},
+		{"", manifestKey(good), false}, // another history's, seen from the legacy directory
 	} {
-		m, ok := summary("c1", tc.key)
+		m, ok := summary("c1", tc.history, tc.key)
 		if ok != tc.want {
 			t.Fatalf("%s: parsed %v, want %v", tc.key, ok, tc.want)
 		}
-		if ok && (m.FromRev != 7 || m.ToRev != 4100 || !m.FirstTime.Equal(first) || !m.LastTime.Equal(last) || m.Object != dataKey("c1", 7, 4100)) {
+		want := good
+		if tc.history == "" {
+			want = legacy
+		}
+		if ok && (m.FromRev != 7 || m.ToRev != 4100 || !m.FirstTime.Equal(first) || !m.LastTime.Equal(last) || m.Object != want.base()+".seg.zst") {
 			t.Fatalf("%s: %+v", tc.key, m)
 		}
 	}
 }
 
-// List needs no manifest reads for segments named with their times, still reads older
-// ones, and ReadSegment checks a summary against its manifest.
-func TestListAndReadSummaries(t *testing.T) {
+// Segments lists from the revision asked, without reading manifests, still reads segments
+// written before histories, and ReadSegment checks a summary against its manifest.
+func TestSegmentsAndSummaries(t *testing.T) {
 	ctx := context.Background()
 	st, err := file.Open(t.TempDir())
 	if err != nil {
@@ -386,25 +438,47 @@ func TestListAndReadSummaries(t *testing.T) {
 		}
 		return revs
 	}
-	m1 := must(WriteSegment(ctx, st, "c1", seg(1, 5)))
-	m2 := must(WriteSegment(ctx, st, "c1", seg(6, 9)))
-	// m1 as an older release named it: the manifest must be read.
-	b := must(store.ReadAll(ctx, st, m1.key, 1<<20))
-	must(0, st.Delete(ctx, m1.key))
-	must(0, store.PutBytes(ctx, st, "c1/deltas/"+baseName(1, 5)+".json", b))
-
-	segs := must(List(ctx, st, "c1"))
-	if len(segs) != 2 || segs[0].SHA256 != m1.SHA256 || segs[1].SHA256 != "" || segs[1].Size != m2.Size || !segs[1].LastTime.Equal(m2.LastTime) {
-		t.Fatalf("listed %+v %+v", segs[0], segs[1])
+	var ms []*Manifest
+	for from := int64(1); from < 100; from += 9 {
+		ms = append(ms, must(WriteSegment(ctx, st, "c1", h1, seg(from, from+8))))
 	}
-	for _, m := range segs {
+	for _, tc := range []struct {
+		after, until int64
+		want         []*Manifest
+	}{
+		{0, 0, ms},
+		{9, 0, ms[1:]},
+		{10, 0, ms[1:]}, // 10-18 ends after 10
+		{50, 60, ms[5:7]},
+		{99, 0, nil},
+	} {
+		var last func(*Manifest) bool
+		if tc.until > 0 {
+			last = func(m *Manifest) bool { return m.ToRev >= tc.until }
+		}
+		got := must(Segments(ctx, st, "c1", h1.History, tc.after, last))
+		if len(got) != len(tc.want) || len(got) > 0 && (got[0].FromRev != tc.want[0].FromRev || got[len(got)-1].ToRev != tc.want[len(tc.want)-1].ToRev) {
+			t.Fatalf("Segments(after %d, until %d) = %d segments %v", tc.after, tc.until, len(got), got)
+		}
+	}
+	// A segment as an older release stored it, before histories: still read.
+	old := *ms[0]
+	old.History, old.Object = "", "c1/deltas/"+baseName(1, 9)+".seg.zst"
+	must(0, store.PutBytes(ctx, st, old.Object, must(store.ReadAll(ctx, st, ms[0].Object, 1<<20))))
+	must(0, store.PutBytes(ctx, st, "c1/deltas/"+baseName(1, 9)+".json", must(json.Marshal(old))))
+	legacy := must(Segments(ctx, st, "c1", "", 0, nil))
+	if len(legacy) != 1 || legacy[0].SHA256 != ms[0].SHA256 {
+		t.Fatalf("legacy segments %+v", legacy)
+	}
+	segs := must(Segments(ctx, st, "c1", h1.History, 0, nil))
+	for _, m := range append(segs, legacy...) {
 		n := 0
 		if err := ReadSegment(ctx, st, m, func(Revision) error { n++; return nil }); err != nil || int64(n) != m.ToRev-m.FromRev+1 {
 			t.Fatalf("%s: %d revisions, %v", m.Object, n, err)
 		}
 	}
 	// A manifest that does not describe the segment its name says is refused.
-	fake := *m2
+	fake := *ms[1]
 	fake.ToRev = 8
 	must(0, store.PutBytes(ctx, st, segs[1].key, must(json.Marshal(fake))))
 	if err := ReadSegment(ctx, st, segs[1], func(Revision) error { return nil }); !errors.Is(err, ErrCorrupt) {

@@ -2,17 +2,20 @@ package delta
 
 import (
 	"cmp"
+	"context"
 	"slices"
 	"strconv"
 	"time"
 
 	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store"
 )
 
-// Span is a stretch of the timeline: a full snapshot, a run of chained delta segments, or
-// a gap between segments.
+// Span is a stretch of the timeline: a full snapshot, a run of chained delta segments, a
+// gap between segments, or the start of a history (etcd restored).
 type Span struct {
-	Kind     string    `json:"kind"` // snapshot, deltas, gap
+	Kind     string    `json:"kind"` // history, snapshot, deltas, gap
+	History  string    `json:"history"`
 	FromRev  int64     `json:"from_rev"`
 	ToRev    int64     `json:"to_rev"`
 	FromTime time.Time `json:"from_time,omitzero"`
@@ -20,55 +23,132 @@ type Span struct {
 	Detail   string    `json:"detail"`
 }
 
-// Window is the range of revisions and times a restore can reach.
+// Window is the range of revisions and times a restore can reach in one history.
 type Window struct {
+	History   string    `json:"history"`
 	FirstRev  int64     `json:"first_rev"`
 	FirstTime time.Time `json:"first_time"`
 	LastRev   int64     `json:"last_rev"`
 	LastTime  time.Time `json:"last_time"`
 }
 
-// Timeline orders snapshots (any order) and segments (revision order) into spans, and
-// computes the restorable window: from the oldest snapshot to the furthest revision that
-// a snapshot followed by unbroken segments reaches.
-func Timeline(snaps []*snapshot.Manifest, segs []*Manifest) ([]Span, *Window) {
+// Stored is what a timeline is made of: every snapshot, and per history the segments from
+// its oldest snapshot on and how far capture observed it.
+type Stored struct {
+	Snapshots []*snapshot.Manifest
+	Segments  map[string][]*Manifest // by history, in revision order
+	Observed  map[string]*Observed   // by history
+}
+
+// Load reads what the cluster's timeline needs: the segments a snapshot can reach (from
+// each history's oldest snapshot on), not those retention left behind it.
+func Load(ctx context.Context, st store.Store, cluster string) (*Stored, error) {
+	snaps, err := snapshot.List(ctx, st, cluster)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stored{Snapshots: snaps, Segments: map[string][]*Manifest{}, Observed: map[string]*Observed{}}
+	oldest := map[string]int64{}
+	for _, m := range snaps {
+		if r, ok := oldest[m.History]; !ok || m.Revision < r {
+			oldest[m.History] = m.Revision
+		}
+	}
+	for h, after := range oldest {
+		if s.Segments[h], err = Segments(ctx, st, cluster, h, after, nil); err != nil {
+			return nil, err
+		}
+		if s.Observed[h], err = ReadObserved(ctx, st, cluster, h); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Timeline orders each history's snapshots and segments into spans, histories in the order
+// they started, and computes per history the restorable window: from its oldest snapshot to
+// the furthest point a snapshot followed by unbroken segments reaches (or, when capture saw
+// etcd idle there, the time it last saw it).
+func Timeline(s *Stored) ([]Span, []Window) {
+	type hist struct {
+		id    string
+		start time.Time
+		snaps []*snapshot.Manifest
+	}
+	var hs []*hist
+	for _, m := range s.Snapshots {
+		i := slices.IndexFunc(hs, func(h *hist) bool { return h.id == m.History })
+		if i < 0 {
+			hs = append(hs, &hist{id: m.History, start: m.CreatedAt})
+			i = len(hs) - 1
+		}
+		hs[i].snaps = append(hs[i].snaps, m)
+		if m.CreatedAt.Before(hs[i].start) {
+			hs[i].start = m.CreatedAt
+		}
+	}
+	slices.SortFunc(hs, func(a, b *hist) int { return a.start.Compare(b.start) })
 	var spans []Span
-	for _, s := range snaps {
-		spans = append(spans, Span{Kind: "snapshot", ToRev: s.Revision, ToTime: s.CreatedAt, Detail: s.ID})
-	}
-	for i := 0; i < len(segs); {
-		j := i
-		for j+1 < len(segs) && segs[j+1].FromRev == segs[j].ToRev+1 {
-			j++
+	var windows []Window
+	for n, h := range hs {
+		segs := s.Segments[h.id]
+		var own []Span
+		for _, m := range h.snaps {
+			own = append(own, Span{Kind: "snapshot", History: h.id, ToRev: m.Revision, ToTime: m.CreatedAt, Detail: m.ID})
 		}
-		spans = append(spans, Span{Kind: "deltas", FromRev: segs[i].FromRev, ToRev: segs[j].ToRev, FromTime: segs[i].FirstTime,
-			ToTime: segs[j].LastTime, Detail: plural(j-i+1, "segment")})
-		if j+1 < len(segs) {
-			spans = append(spans, Span{Kind: "gap", FromRev: segs[j].ToRev + 1, ToRev: segs[j+1].FromRev - 1,
-				Detail: "revisions missing from the deltas: points in here are reachable only from a later snapshot"})
+		var runs []Span // chained segments
+		for i := 0; i < len(segs); {
+			j := i
+			for j+1 < len(segs) && segs[j+1].FromRev == segs[j].ToRev+1 {
+				j++
+			}
+			runs = append(runs, Span{Kind: "deltas", History: h.id, FromRev: segs[i].FromRev, ToRev: segs[j].ToRev, FromTime: segs[i].FirstTime,
+				ToTime: segs[j].LastTime, Detail: plural(j-i+1, "segment")})
+			if j+1 < len(segs) {
+				own = append(own, Span{Kind: "gap", History: h.id, FromRev: segs[j].ToRev + 1, ToRev: segs[j+1].FromRev - 1,
+					Detail: "revisions missing from the deltas: points in here are reachable only from a later snapshot"})
+			}
+			i = j + 1
 		}
-		i = j + 1
+		own = append(own, runs...)
+		sortSpans(own)
+		if n > 0 || h.id != "" {
+			spans = append(spans, Span{Kind: "history", History: h.id, FromTime: h.start, Detail: historyDetail(n)})
+		}
+		spans = append(spans, own...)
+		windows = append(windows, window(h.id, h.snaps, runs, s.Observed[h.id]))
 	}
-	sortSpans(spans)
-	if len(snaps) == 0 {
-		return spans, nil
-	}
-	w := &Window{}
+	return spans, windows
+}
+
+// window is how far the snapshots of one history and its runs of chained segments reach.
+func window(history string, snaps []*snapshot.Manifest, runs []Span, o *Observed) Window {
+	w := Window{History: history}
 	for _, s := range snaps {
-		if w.FirstRev == 0 || s.Revision < w.FirstRev || s.Revision == w.FirstRev && s.CreatedAt.Before(w.FirstTime) {
+		if w.FirstTime.IsZero() || s.Revision < w.FirstRev || s.Revision == w.FirstRev && s.CreatedAt.Before(w.FirstTime) {
 			w.FirstRev, w.FirstTime = s.Revision, s.CreatedAt
 		}
 		end, endTime := s.Revision, s.CreatedAt
-		for _, seg := range segs {
-			if seg.FromRev <= end+1 && seg.ToRev > end {
-				end, endTime = seg.ToRev, seg.LastTime
-			}
+		// the run holding the revision right after the snapshot, if any
+		i, _ := slices.BinarySearchFunc(runs, s.Revision+1, func(r Span, rev int64) int { return cmp.Compare(r.ToRev, rev) })
+		if i < len(runs) && runs[i].FromRev <= s.Revision+1 {
+			end, endTime = runs[i].ToRev, runs[i].ToTime
 		}
-		if end > w.LastRev {
+		if end > w.LastRev || end == w.LastRev && endTime.After(w.LastTime) {
 			w.LastRev, w.LastTime = end, endTime
 		}
 	}
-	return spans, w
+	if o != nil && o.Revision == w.LastRev && o.Time.After(w.LastTime) {
+		w.LastTime = o.Time
+	}
+	return w
+}
+
+func historyDetail(n int) string {
+	if n == 0 {
+		return "the oldest stored history"
+	}
+	return "a new history: etcd was restored (revisions may repeat those of the previous history)"
 }
 
 func plural(n int, word string) string {
@@ -78,7 +158,8 @@ func plural(n int, word string) string {
 	return strconv.Itoa(n) + " " + word + "s"
 }
 
-// sortSpans orders spans by revision; a snapshot comes before the deltas that follow it.
+// sortSpans orders one history's spans by revision; a snapshot comes before the deltas
+// that follow it.
 func sortSpans(s []Span) {
 	key := func(sp Span) int64 {
 		if sp.Kind == "snapshot" {

@@ -77,7 +77,7 @@ func Replay(ctx context.Context, st store.Store, base *snapshot.Manifest, segs [
 	readErr := make(chan error, 1)
 	go func() {
 		defer close(verified)
-		readErr <- readAhead(rctx, st, segs, base.Revision+1, verified)
+		readErr <- readAhead(rctx, st, segs, base.History, base.Revision+1, verified)
 	}()
 	defer func() {
 		cancel()
@@ -119,10 +119,14 @@ func Replay(ctx context.Context, st store.Store, base *snapshot.Manifest, segs [
 
 // readAhead sends, segment by segment and only once each matched its sha256, the
 // revisions from next on; the segments must chain.
-func readAhead(ctx context.Context, st store.Store, segs []*delta.Manifest, next int64, out chan<- []delta.Revision) error {
+func readAhead(ctx context.Context, st store.Store, segs []*delta.Manifest, history string, next int64, out chan<- []delta.Revision) error {
 	for _, seg := range segs {
 		if seg.ToRev < next {
 			continue
+		}
+		if seg.History != history {
+			return fmt.Errorf("%w: delta segment %s belongs to history %q, the base snapshot to history %q: replaying it would mix two histories",
+				ErrUnreachable, seg.Object, seg.History, history)
 		}
 		if seg.FromRev > next {
 			return fmt.Errorf("deltas are missing revisions %d to %d", next, seg.FromRev-1)

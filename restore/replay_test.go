@@ -95,7 +95,8 @@ func TestReplayToRevisions(t *testing.T) {
 	for i := range 20 {
 		cli.Put(ctx, fmt.Sprintf("/registry/base/%d", i), "b")
 	}
-	base, err := snapshot.Save(ctx, cli, st, snapshot.SaveOptions{Cluster: "c1", Endpoint: e.Endpoints[0], Compression: "zstd", Level: "fastest"})
+	base, err := snapshot.Save(ctx, cli, st, snapshot.SaveOptions{Cluster: "c1", Endpoint: e.Endpoints[0], Compression: "zstd", Level: "fastest",
+		History: delta.Identify(cli, st, "c1")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,7 @@ func newFixture(t *testing.T, n int) *fixture {
 		}
 		m, err := snapshot.Save(context.Background(), cli, st, snapshot.SaveOptions{
 			Cluster: "c1", Endpoint: e.Endpoints[0], Compression: "zstd", Level: "fastest",
+			History: delta.Identify(cli, st, "c1"),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -73,11 +74,12 @@ func TestSelect(t *testing.T) {
 		{name: "id", sel: Selector{ID: s1.ID}, want: s1},
 		{name: "latest", sel: Selector{ID: "latest"}, want: s2},
 		{name: "at the exact start of one", sel: Selector{At: s1.CreatedAt}, want: s1},
-		{name: "between two", sel: Selector{At: s1.CreatedAt.Add(5 * time.Millisecond)}, want: s1},
-		{name: "after the last", sel: Selector{At: time.Now().Add(time.Hour)}, want: s2},
+		{name: "between two without deltas", sel: Selector{At: s1.CreatedAt.Add(5 * time.Millisecond)}, wantErr: "restore it with --revision " + fmt.Sprint(s1.Revision)},
+		// Exact or refused: with no deltas after a snapshot, a later point is not reachable.
+		{name: "after the last", sel: Selector{At: time.Now().Add(time.Hour)}, wantErr: fmt.Sprintf("the latest reachable point from snapshot %s is revision %d", s2.ID, s2.Revision)},
 		{name: "revision exactly", sel: Selector{Revision: s1.Revision}, want: s1},
-		{name: "revision between", sel: Selector{Revision: s1.Revision + 1}, want: s1},
-		{name: "revision beyond", sel: Selector{Revision: s2.Revision + 1000}, want: s2},
+		{name: "revision between", sel: Selector{Revision: s1.Revision + 1}, wantErr: fmt.Sprintf("revision %d is past what was captured", s1.Revision+1)},
+		{name: "revision beyond", sel: Selector{Revision: s2.Revision + 1000}, wantErr: "--revision " + fmt.Sprint(s2.Revision)},
 		{name: "at before the first", sel: Selector{At: s0.CreatedAt.Add(-time.Second)}, wantErr: "the first is " + s0.ID},
 		{name: "revision below the oldest", sel: Selector{Revision: s0.Revision - 1}, wantErr: "the oldest, " + s0.ID},
 		// ids sort by their start second, so the nearest to an old id starts with the oldest second.
@@ -94,8 +96,8 @@ func TestSelect(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got.ID != tc.want.ID {
-				t.Fatalf("Select = %v, %v; want %s", got, err, tc.want.ID)
+			if err != nil || got.Base.ID != tc.want.ID || len(got.Deltas) != 0 {
+				t.Fatalf("Select = %+v, %v; want %s", got, err, tc.want.ID)
 			}
 		})
 	}
@@ -338,7 +340,7 @@ func TestRestoreRefusesBadDeltas(t *testing.T) {
 	}
 	var segs []*delta.Manifest
 	for i := 0; i < len(revs); i += 10 {
-		m, err := delta.WriteSegment(ctx, f.st, "c1", revs[i:i+10])
+		m, err := delta.WriteSegment(ctx, f.st, "c1", delta.Identity{History: base.History}, revs[i:i+10])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -375,6 +377,15 @@ func TestRestoreRefusesBadDeltas(t *testing.T) {
 		{"target beyond the deltas", func(*testing.T) []*delta.Manifest {
 			return segs[:2]
 		}, fmt.Sprintf("latest reachable point is revision %d", segs[1].ToRev)},
+		// The same revisions in another history (etcd restored onto the same revision
+		// numbers) line up, but must never be replayed onto this base.
+		{"segment of another history", func(t *testing.T) []*delta.Manifest {
+			other, err := delta.WriteSegment(ctx, f.st, "c1", delta.Identity{History: "20260101T000000Z-0ther0"}, revs[10:20])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return []*delta.Manifest{segs[0], other, segs[2]}
+		}, fmt.Sprintf(`belongs to history "20260101T000000Z-0ther0", the base snapshot to history %q`, base.History)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -134,7 +134,7 @@ read -r segments gaps < <(awk '
 	/^      "detail"/ {d=$2}
 	/^    }/ {if (k ~ /deltas/) {gsub(/"/, "", d); s += d}; if (k ~ /gap/) g++; k=""; d=""}
 	END {print s+0, g+0}' "$work/timeline.json")
-lastrev=$(jfield "$work/timeline.json" 4 last_rev)
+lastrev=$(jfield "$work/timeline.json" 6 last_rev | tail -n 1)
 [[ -n "$lastrev" ]] || { echo "timeline shows no restorable window:" >&2; cat "$work/timeline.json" >&2; exit 1; }
 target=$((lastrev - 1))
 echo "timeline: snapshot at $snaprev, deltas to $lastrev in $segments segment(s), $gaps gap(s); target revision $target"

@@ -42,6 +42,20 @@ type Manifest struct {
 	Encryption  string `json:"encryption"`
 	Object      string `json:"object"`
 	ToolVersion string `json:"tool_version"`
+	// History names the etcd history the snapshot belongs to: a restore starts a new one
+	// under the same cluster name, and deltas chain onto a snapshot only within its history.
+	History string `json:"history,omitempty"`
+	// RaftIndex is etcd's committed raft index just before the stream, and Tail a sample of
+	// the keys written at Revision: what tells later whether etcd still continues this
+	// history (a restore that reuses the cluster token keeps the cluster ID).
+	RaftIndex uint64    `json:"raft_index,omitempty"`
+	Tail      []TailKey `json:"tail,omitempty"`
+}
+
+// TailKey is one key written at a stored revision, with a digest of what it held then.
+type TailKey struct {
+	Key []byte `json:"key"`
+	Sum string `json:"sum"`
 }
 
 const manifestExt = ".json"

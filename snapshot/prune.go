@@ -23,6 +23,7 @@ type Retention struct {
 type Decision struct {
 	ID      string   `json:"id"`
 	Created string   `json:"created_at"`
+	History string   `json:"history,omitempty"`
 	Keep    bool     `json:"keep"`
 	Reasons []string `json:"reasons"` // why it is kept
 }
@@ -47,7 +48,7 @@ func (r Retention) Plan(all []*Manifest, verified map[string]bool, now time.Time
 	}
 	newestVerified := true
 	for i, m := range all {
-		d := Decision{ID: m.ID, Created: m.CreatedAt.UTC().Format(time.RFC3339), Reasons: []string{}}
+		d := Decision{ID: m.ID, Created: m.CreatedAt.UTC().Format(time.RFC3339), History: m.History, Reasons: []string{}}
 		t := m.CreatedAt.UTC()
 		if i < r.Last {
 			d.Reasons = append(d.Reasons, fmt.Sprintf("last %d", r.Last))

@@ -23,6 +23,9 @@ type SaveOptions struct {
 	// StaleUploadAge: uploads of this cluster's snapshots that started longer ago than
 	// this are aborted first (leftovers of a killed save). 0 skips the clean-up.
 	StaleUploadAge time.Duration
+	// History, if set, names the history the snapshot at rev belongs to, with a sample of
+	// the keys written at rev; it runs after the stream, before the manifest is written.
+	History func(ctx context.Context, rev int64) (history string, tail []TailKey, err error)
 	// Progress, if set, is called with the raw bytes received so far, from the streaming
 	// goroutine; it must be cheap.
 	Progress func(raw int64)
@@ -65,6 +68,7 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 		Compression: opts.Compression,
 		Encryption:  "none",
 		ToolVersion: version.String(),
+		RaftIndex:   status.RaftIndex,
 	}
 	m.Object = objectKey(m.Cluster, m.ID, m.Compression)
 
@@ -114,8 +118,18 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 	m.DBSize, m.SHA256, m.Revision, m.CompactRevision = d.Size, d.SHA256, d.Revision, d.CompactRevision
 	m.StoredSize = put.n
 	m.KeyCount = countKeys(ctx, cli, m.Revision, log)
+	var err2 error
+	if opts.History != nil {
+		m.History, m.Tail, err2 = opts.History(ctx, m.Revision)
+		if err2 != nil {
+			err2 = fmt.Errorf("finding the history snapshot %s belongs to: %w", m.ID, err2)
+		}
+	}
 	m.CompletedAt = time.Now().UTC()
-	if err := writeManifest(ctx, st, m); err != nil {
+	if err2 == nil {
+		err2 = writeManifest(ctx, st, m)
+	}
+	if err := err2; err != nil {
 		// Without its manifest the object is invisible; remove it so it does not cost storage.
 		if derr := st.Delete(context.WithoutCancel(ctx), m.Object); derr != nil {
 			log.WarnContext(ctx, "could not remove object without manifest", "object", m.Object, "err", derr)

@@ -18,6 +18,13 @@ import (
 	_ "github.com/etcdguard/etcdguard/store/s3"
 )
 
+// Exit codes (README): 0 ok, 1 failure, 2 usage error, 3 not found, 10 refused by a guard
+// or an exactness check, 11 store unreachable, 12 etcd unreachable; check keeps Nagios 0–3.
+const (
+	exitNotFound = 3
+	exitRefused  = 10
+)
+
 // exitError carries a documented exit code (e.g. a failed verification) out of a command.
 type exitError struct {
 	code int

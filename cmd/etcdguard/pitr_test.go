@@ -14,7 +14,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/delta/deltatest"
 	"github.com/etcdguard/etcdguard/internal/loadgen"
 	"github.com/etcdguard/etcdguard/internal/testharness"
@@ -91,7 +90,7 @@ func TestE2EPointInTimeRestore(t *testing.T) {
 	p.Stop()
 
 	// --revision: a point in the middle of a segment.
-	segs := must(delta.List(ctx, st, "prod"))
+	segs := deltatest.Stored(t, st, "prod", del.Header.Revision)
 	var mid int64
 	for _, s := range segs {
 		if s.ToRev-s.FromRev >= 2 && s.ToRev < del.Header.Revision {

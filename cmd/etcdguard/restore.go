@@ -2,20 +2,23 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/restore"
+	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store"
 )
 
 type restoreOptions struct {
 	snapshot string
 	at       string
 	revision int64
+	history  string
 	members  restore.MemberPlan
 	token    string
 	bump     uint64
@@ -38,8 +41,9 @@ is never touched. Prints the etcd command line to start each member.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.snapshot, "snapshot", "", "snapshot id, or latest")
-	f.StringVar(&o.at, "at", "", "restore the newest snapshot taken at or before this time (RFC3339, e.g. 2026-01-02T03:04:05Z)")
-	f.Int64Var(&o.revision, "revision", 0, "restore the newest snapshot whose revision is at or below N")
+	f.StringVar(&o.at, "at", "", "restore exactly the state at this time (RFC3339, e.g. 2026-01-02T03:04:05Z): the newest snapshot taken at or before it, plus the deltas up to it")
+	f.Int64Var(&o.revision, "revision", 0, "restore exactly revision N: the newest snapshot at or below it, plus the deltas up to N")
+	f.StringVar(&o.history, "history", "", "with --at or --revision: the history to restore from (see `etcdguard timeline`; needed when a restore without --bump-revision made revisions repeat)")
 	f.StringVar(&o.members.InitialCluster, "initial-cluster", "", "the new cluster's members: name=https://host:2380,... (as etcd's flag)")
 	f.StringVar(&o.token, "initial-cluster-token", "", "token of the new cluster (default: a fresh one, so the cluster gets a new ID)")
 	f.StringVar(&o.members.Name, "name", "", "the member to write (one of --initial-cluster)")
@@ -54,7 +58,7 @@ is never touched. Prints the etcd command line to start each member.`,
 }
 
 func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error {
-	sel := restore.Selector{ID: o.snapshot, Revision: o.revision}
+	sel := restore.Selector{ID: o.snapshot, Revision: o.revision, History: o.history}
 	if o.at != "" {
 		t, err := time.Parse(time.RFC3339, o.at)
 		if err != nil {
@@ -70,23 +74,21 @@ func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error 
 	if err != nil {
 		return err
 	}
-	m, err := restore.Select(ctx, st, cluster, sel)
-	if err != nil {
+	plan, err := restore.Select(ctx, st, cluster, sel)
+	switch {
+	case errors.Is(err, restore.ErrUnreachable):
+		return &exitError{code: exitRefused, err: err}
+	case errors.Is(err, store.ErrNotExist) || errors.Is(err, snapshot.ErrNoSnapshots):
+		return &exitError{code: exitNotFound, err: err}
+	case err != nil:
 		return err
 	}
+	m := plan.Base
+	// A point after the chosen snapshot is reached by replaying the captured deltas.
 	opts := restore.Options{
 		Members: members, InitialCluster: o.members.InitialCluster, Token: o.token,
 		BumpRevision: o.bump, MarkCompacted: o.compact,
-	}
-	// A point after the chosen snapshot is reached by replaying the captured deltas.
-	if (sel.Revision > m.Revision || !sel.At.IsZero()) && sel.ID == "" {
-		segs, err := delta.List(ctx, st, cluster)
-		if err != nil {
-			return fmt.Errorf("listing delta segments: %w", err)
-		}
-		if len(segs) > 0 && segs[len(segs)-1].ToRev > m.Revision {
-			opts.Deltas, opts.TargetRev, opts.TargetTime = segs, sel.Revision, sel.At
-		}
+		Deltas: plan.Deltas, TargetRev: plan.TargetRev, TargetTime: plan.TargetTime,
 	}
 	if len(opts.Deltas) == 0 {
 		// Not for a replay: etcd's MVCC index holds every key and revision in memory,

@@ -52,19 +52,26 @@ func runSnapshotList(ctx context.Context, g *globalOptions) error {
 		fmt.Fprintf(g.stderr, "no snapshots of cluster %s in %s: take one with `etcdguard snapshot save`\n", cluster, st)
 		return nil
 	}
-	rows := [][]string{{"ID", "CREATED", "AGE", "REVISION", "SIZE", "STORED", "COMPRESSION"}}
+	rows := [][]string{{"ID", "CREATED", "AGE", "REVISION", "SIZE", "STORED", "COMPRESSION", "HISTORY"}}
 	now := time.Now()
-	for _, m := range all {
+	for i, m := range all {
+		h := m.History
+		if h == "" {
+			h = "-"
+		}
+		if i+1 < len(all) && all[i+1].History != m.History {
+			h += " (new: etcd was restored before this)" // newest first: the one below is older
+		}
 		rows = append(rows, []string{m.ID, m.CreatedAt.Format(time.RFC3339), humanAge(now.Sub(m.CreatedAt)),
-			fmt.Sprint(m.Revision), humanBytes(m.DBSize), humanBytes(m.StoredSize), m.Compression})
+			fmt.Sprint(m.Revision), humanBytes(m.DBSize), humanBytes(m.StoredSize), m.Compression, h})
 	}
 	if err := table(g.stdout, rows); err != nil {
 		return err
 	}
-	_, w, err := restorable(ctx, st, cluster)
+	_, ws, err := restorable(ctx, st, cluster)
 	if err != nil {
 		return err
 	}
-	printWindow(g, w)
+	printWindows(g, ws)
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/internal/etcdclient"
 	"github.com/etcdguard/etcdguard/snapshot"
 )
@@ -62,6 +63,7 @@ func runSnapshotSave(ctx context.Context, g *globalOptions, o *saveOptions) erro
 		Level:          o.level,
 		StaleUploadAge: o.staleUploadAge,
 	}
+	opts.History = delta.Identify(cli, st, opts.Cluster)
 	if isTerminal(g.stderr) {
 		stop := showProgress(g, &opts)
 		defer stop()

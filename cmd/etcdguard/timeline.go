@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/etcdguard/etcdguard/delta"
-	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
 )
 
@@ -24,17 +23,13 @@ func newTimelineCommand(g *globalOptions) *cobra.Command {
 }
 
 // restorable reads the cluster's snapshots and segments and computes the timeline.
-func restorable(ctx context.Context, st store.Store, cluster string) ([]delta.Span, *delta.Window, error) {
-	snaps, err := snapshot.List(ctx, st, cluster)
+func restorable(ctx context.Context, st store.Store, cluster string) ([]delta.Span, []delta.Window, error) {
+	stored, err := delta.Load(ctx, st, cluster)
 	if err != nil {
 		return nil, nil, err
 	}
-	segs, err := delta.List(ctx, st, cluster)
-	if err != nil {
-		return nil, nil, fmt.Errorf("listing delta segments: %w", err)
-	}
-	spans, w := delta.Timeline(snaps, segs)
-	return spans, w, nil
+	spans, ws := delta.Timeline(stored)
+	return spans, ws, nil
 }
 
 func runTimeline(ctx context.Context, g *globalOptions) error {
@@ -42,12 +37,12 @@ func runTimeline(ctx context.Context, g *globalOptions) error {
 	if err != nil {
 		return err
 	}
-	spans, w, err := restorable(ctx, st, cluster)
+	spans, ws, err := restorable(ctx, st, cluster)
 	if err != nil {
 		return err
 	}
 	if g.output == "json" {
-		return printJSON(g.stdout, map[string]any{"cluster": cluster, "spans": spans, "restorable": w})
+		return printJSON(g.stdout, map[string]any{"cluster": cluster, "spans": spans, "restorable": ws})
 	}
 	ts := func(t time.Time) string {
 		if t.IsZero() {
@@ -57,24 +52,34 @@ func runTimeline(ctx context.Context, g *globalOptions) error {
 	}
 	rows := [][]string{{"KIND", "FROM REV", "TO REV", "FROM", "TO", "DETAIL"}}
 	for _, s := range spans {
-		from := fmt.Sprint(s.FromRev)
-		if s.Kind == "snapshot" {
+		from, to := fmt.Sprint(s.FromRev), fmt.Sprint(s.ToRev)
+		switch s.Kind {
+		case "snapshot":
 			from = "-"
+		case "history":
+			from, to = "-", "-"
+			s.Detail = s.History + ": " + s.Detail
 		}
-		rows = append(rows, []string{s.Kind, from, fmt.Sprint(s.ToRev), ts(s.FromTime), ts(s.ToTime), s.Detail})
+		rows = append(rows, []string{s.Kind, from, to, ts(s.FromTime), ts(s.ToTime), s.Detail})
 	}
 	if err := table(g.stdout, rows); err != nil {
 		return err
 	}
-	printWindow(g, w)
+	printWindows(g, ws)
 	return nil
 }
 
-func printWindow(g *globalOptions, w *delta.Window) {
-	if w == nil {
+func printWindows(g *globalOptions, ws []delta.Window) {
+	if len(ws) == 0 {
 		fmt.Fprintln(g.stdout, "restorable: nothing (no full snapshot)")
 		return
 	}
-	fmt.Fprintf(g.stdout, "restorable: revisions %d to %d, %s to %s\n", w.FirstRev, w.LastRev,
-		w.FirstTime.UTC().Format(time.RFC3339), w.LastTime.UTC().Format(time.RFC3339))
+	for _, w := range ws {
+		in := ""
+		if len(ws) > 1 || w.History != "" {
+			in = " in history " + w.History
+		}
+		fmt.Fprintf(g.stdout, "restorable%s: revisions %d to %d, %s to %s\n", in, w.FirstRev, w.LastRev,
+			w.FirstTime.UTC().Format(time.RFC3339), w.LastTime.UTC().Format(time.RFC3339))
+	}
 }

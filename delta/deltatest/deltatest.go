@@ -10,15 +10,20 @@ import (
 	"github.com/etcdguard/etcdguard/store"
 )
 
-// Stored waits until cluster's delta segments reach revision rev, and returns them.
+// Stored waits until the delta segments of cluster's current history reach revision rev,
+// and returns that history's segments.
 func Stored(tb testing.TB, st store.Store, cluster string, rev int64) []*delta.Manifest {
 	tb.Helper()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		segs, err := delta.List(context.Background(), st, cluster)
+		latest, err := delta.Latest(context.Background(), st, cluster)
 		if err != nil {
 			tb.Fatal(err)
 		}
-		if len(segs) > 0 && segs[len(segs)-1].ToRev >= rev {
+		if latest != nil && latest.Snapshot == "" && latest.Revision >= rev {
+			segs, err := delta.Segments(context.Background(), st, cluster, latest.History, 0, nil)
+			if err != nil {
+				tb.Fatal(err)
+			}
 			return segs
 		}
 		if time.Now().After(deadline) {

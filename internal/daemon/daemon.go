@@ -208,17 +208,28 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	d.log.Info("elected: this daemon takes the snapshots", "id", id)
 	// Delta capture stops, and stores what it buffered, before leadership is given up, so
 	// two daemons never capture the same revisions.
-	stopCapture := func() {}
+	// On a graceful stop it drains (stores what it buffered) while this daemon still leads;
+	// when the session is lost it stops at once without writing.
+	stopCapture, drainCapture := func() {}, func() {}
 	if d.cfg.Delta {
-		dctx, stop := context.WithCancel(ctx)
-		var dwg sync.WaitGroup
-		dwg.Go(func() { d.captureDeltas(dctx, cli) })
-		stopCapture = func() { stop(); dwg.Wait() }
+		dctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		drain := make(chan struct{})
+		done := make(chan struct{})
+		go func() { defer close(done); d.captureDeltas(dctx, cli, drain) }()
+		stopCapture = func() { stop(); <-done }
+		drainCapture = func() {
+			close(drain)
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+			}
+			stopCapture()
+		}
 	}
 	defer stopCapture()
 	select {
 	case <-ctx.Done():
-		stopCapture()
+		drainCapture()
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		if err := el.Resign(rctx); err != nil {
@@ -257,8 +268,9 @@ func (d *Daemon) scheduleLoop(ctx context.Context, wg *sync.WaitGroup) {
 
 var errNoEtcd = errors.New("no healthy etcd endpoint")
 
-// save takes one full snapshot from the first healthy endpoint (the local member).
-func (d *Daemon) save(ctx context.Context) (*snapshot.Manifest, error) {
+// save takes one full snapshot from the first healthy endpoint (the local member), in
+// history, or in the history etcd is found to continue if "".
+func (d *Daemon) save(ctx context.Context, history string) (*snapshot.Manifest, error) {
 	cli, endpoint, _, err := etcdclient.FirstHealthy(ctx, d.cfg.Etcd)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errNoEtcd, err)
@@ -266,21 +278,23 @@ func (d *Daemon) save(ctx context.Context) (*snapshot.Manifest, error) {
 	defer cli.Close()
 	opts := d.cfg.Save
 	opts.Endpoint = endpoint
+	opts.History = delta.Identify(cli, d.cfg.Store, d.cfg.Cluster)
+	if history != "" {
+		opts.History = func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
+			return history, delta.Tail(ctx, cli, rev), nil
+		}
+	}
 	return snapshot.Save(ctx, cli, d.cfg.Store, opts)
 }
 
 // captureDeltas writes the keyspace's changes as delta segments while this daemon leads.
-func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client) {
+func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client, drain <-chan struct{}) {
 	c := &delta.Capturer{
-		Cli: cli, Store: d.cfg.Store, Cluster: d.cfg.Cluster, Flush: d.cfg.DeltaFlush, MaxBytes: d.cfg.DeltaMaxBytes,
-		Snapshot: func(ctx context.Context) (int64, error) {
+		Cli: cli, Store: d.cfg.Store, Cluster: d.cfg.Cluster, Flush: d.cfg.DeltaFlush, MaxBytes: d.cfg.DeltaMaxBytes, Drain: drain,
+		Snapshot: func(ctx context.Context, history string) (*snapshot.Manifest, error) {
 			d.running.Lock() // not at the same time as a scheduled snapshot
 			defer d.running.Unlock()
-			m, err := d.save(ctx)
-			if err != nil {
-				return 0, err
-			}
-			return m.Revision, nil
+			return d.save(ctx, history)
 		},
 		OnSegment: func(m *delta.Manifest) { d.m.deltaSegments.Inc() },
 		OnProgress: func(rev int64, lag time.Duration, stored bool) {
@@ -296,6 +310,8 @@ func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client) {
 			switch kind {
 			case "compacted":
 				d.deltaLost.Store(&deltaEvent{at: now, err: err})
+			case "new_history":
+				// A restore: a new timeline starts with a full snapshot; nothing was lost.
 			default: // keep when it started failing, with the newest error
 				if prev := d.deltaFailingSince.Load(); prev != nil {
 					now = prev.at
@@ -337,7 +353,7 @@ func (d *Daemon) deltaAlerts(now time.Time) []alerting.Alert {
 // failed save or verification.
 func (d *Daemon) snapshotRun(ctx context.Context) {
 	start := time.Now()
-	m, err := d.save(ctx)
+	m, err := d.save(ctx, "")
 	if errors.Is(err, errNoEtcd) {
 		d.fail("etcd", err)
 		return

@@ -192,10 +192,7 @@ func TestDeltaCapture(t *testing.T) {
 	deltatest.Stored(t, st, "prod", last)
 	cancel()
 	<-done
-	segs, err := delta.List(ctx, st, "prod")
-	if err != nil || len(segs) == 0 {
-		t.Fatalf("segments %v, %v", segs, err)
-	}
+	segs := deltatest.Stored(t, st, "prod", last)
 	if segs[0].FromRev != base+1 || segs[len(segs)-1].ToRev != last || len(delta.Gaps(segs)) != 0 {
 		t.Fatalf("segments from %d to %d with gaps %v; want %d to %d", segs[0].FromRev, segs[len(segs)-1].ToRev, delta.Gaps(segs), base+1, last)
 	}
@@ -243,8 +240,12 @@ func TestDeltaGapAfterCompaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	must(cli.Put(ctx, "/registry/pods/0", "0"))
+	s0 := must(snapshot.Save(ctx, cli, st, snapshot.SaveOptions{Cluster: "prod", Endpoint: e.Endpoints[0], Compression: "zstd", Level: "fastest",
+		History: delta.Identify(cli, st, "prod")}))
 	r := must(cli.Put(ctx, "/registry/pods/a", "1")).Header.Revision
-	must(delta.WriteSegment(ctx, st, "prod", []delta.Revision{{Rev: r, Time: time.Now(), Events: []delta.Event{{Key: []byte("/registry/pods/a"), Value: []byte("1")}}}}))
+	must(delta.WriteSegment(ctx, st, "prod", delta.Identity{History: s0.History, ClusterID: s0.ClusterID},
+		[]delta.Revision{{Rev: r, Time: time.Now(), Events: []delta.Event{{Key: []byte("/registry/pods/a"), Value: []byte("1")}}}}))
 	for i := range 10 {
 		must(cli.Put(ctx, "/registry/pods/b", strconv.Itoa(i)))
 	}
@@ -257,8 +258,8 @@ func TestDeltaGapAfterCompaction(t *testing.T) {
 	runDaemon(t, cfg)
 	hook.waitFor(t, "delta gap alert", `"alertname":"EtcdDeltaGap"`, fmt.Sprintf("compacted revisions after %d", r))
 	snaps := must(snapshot.List(ctx, st, "prod"))
-	if len(snaps) != 1 || snaps[0].Revision < compacted {
-		t.Fatalf("snapshots %v: want one full snapshot at or after the compaction (%d)", snaps, compacted)
+	if len(snaps) != 2 || snaps[0].Revision < compacted || snaps[0].History != s0.History {
+		t.Fatalf("snapshots %v: want a full snapshot at or after the compaction (%d), in the same history %s", snaps, compacted, s0.History)
 	}
 	after := must(cli.Put(ctx, "/registry/pods/c", "after")).Header.Revision
 	segs := deltatest.Stored(t, st, "prod", after)

@@ -1,0 +1,251 @@
+package delta
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store"
+)
+
+// A history is one continuous run of an etcd keyspace's revisions. A restore starts a new
+// one under the same cluster name: with or without --bump-revision, with a fresh cluster
+// token or the old one (which keeps the cluster ID). Snapshots and segments record their
+// history, capture never chains segments across two, and a replay never applies a segment
+// of another history than its base: the revisions could line up and mix two histories.
+
+// NewHistory returns a new history id: <YYYYMMDDTHHMMSSZ>-<6 hex>, sorting by start time.
+func NewHistory(t time.Time) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return t.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
+}
+
+// Mark is a stored point of a history: where a snapshot or a segment ends, and what tells
+// whether etcd still continues it.
+type Mark struct {
+	History   string
+	ClusterID string
+	Revision  int64
+	Time      time.Time
+	RaftIndex uint64
+	Tail      []snapshot.TailKey
+	Snapshot  string // the snapshot's id, if the mark is a snapshot
+}
+
+func snapshotMark(s *snapshot.Manifest) *Mark {
+	return &Mark{History: s.History, ClusterID: s.ClusterID, Revision: s.Revision, Time: s.CreatedAt, RaftIndex: s.RaftIndex, Tail: s.Tail, Snapshot: s.ID}
+}
+
+func (m *Mark) String() string {
+	if m.Snapshot != "" {
+		return fmt.Sprintf("snapshot %s (history %s, revision %d)", m.Snapshot, m.History, m.Revision)
+	}
+	return fmt.Sprintf("delta segment ending at revision %d (history %s)", m.Revision, m.History)
+}
+
+// Verdict is what Check found.
+type Verdict struct {
+	// Changed says why etcd no longer continues the mark's history ("" if it does, as far
+	// as etcd can tell).
+	Changed string
+	// Compacted says that etcd no longer holds the revisions right after the mark.
+	Compacted bool
+	// Revision, ClusterID and RaftIndex are etcd's when checked (RaftIndex 0: unknown).
+	Revision  int64
+	ClusterID string
+	RaftIndex uint64
+}
+
+// tailSamples is how many keys of a stored revision its manifest samples.
+const tailSamples = 4
+
+// tailSum digests what a key held at a revision.
+func tailSum(value []byte, create, version, lease int64) string {
+	h := sha256.New()
+	var b [24]byte
+	binary.BigEndian.PutUint64(b[0:], uint64(create))
+	binary.BigEndian.PutUint64(b[8:], uint64(version))
+	binary.BigEndian.PutUint64(b[16:], uint64(lease))
+	h.Write(b[:])
+	h.Write(value)
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// tailOf samples the keys a captured revision wrote.
+func tailOf(r Revision) []snapshot.TailKey {
+	var out []snapshot.TailKey
+	for _, e := range r.Events {
+		if !e.Delete && len(out) < tailSamples {
+			out = append(out, snapshot.TailKey{Key: e.Key, Sum: tailSum(e.Value, e.CreateRev, e.Version, e.Lease)})
+		}
+	}
+	return out
+}
+
+// errHistoryChanged is what the watch returns when etcd's answers show another history.
+var errHistoryChanged = errors.New("etcd's history changed")
+
+// Check tells whether the etcd behind cli continues the history m belongs to. It asks for
+// a linearizable read (so the member answering has everything committed), then compares:
+// the cluster ID, the revision (a restore without --bump-revision goes back), the raft
+// log's committed index (a restore starts a new raft log, even with the old token), and
+// the keys the mark's revision wrote, read at that revision.
+func Check(ctx context.Context, cli *clientv3.Client, m *Mark) (Verdict, error) {
+	rctx := clientv3.WithRequireLeader(ctx)
+	resp, err := cli.Get(rctx, "\x00", clientv3.WithCountOnly())
+	if err != nil {
+		return Verdict{}, fmt.Errorf("reading etcd's revision: %w", err)
+	}
+	v := Verdict{Revision: resp.Header.Revision, ClusterID: fmt.Sprintf("%x", resp.Header.ClusterId)}
+	if m.ClusterID != "" && v.ClusterID != m.ClusterID {
+		v.Changed = fmt.Sprintf("etcd's cluster ID is %s, the %s was taken from %s", v.ClusterID, m, m.ClusterID)
+		return v, nil
+	}
+	if v.Revision < m.Revision {
+		v.Changed = fmt.Sprintf("etcd's revision went back to %d, below the %s", v.Revision, m)
+		return v, nil
+	}
+	if idx, ok := committedIndex(ctx, cli); ok {
+		v.RaftIndex = idx
+	}
+	if v.RaftIndex > 0 && m.RaftIndex > 0 && v.RaftIndex < m.RaftIndex {
+		v.Changed = fmt.Sprintf("etcd's raft log went back to index %d, below the %d of the %s (a restore starts a new log)", v.RaftIndex, m.RaftIndex, m)
+		return v, nil
+	}
+	if v.Revision > m.Revision {
+		_, err := cli.Get(rctx, "\x00", clientv3.WithCountOnly(), clientv3.WithRev(m.Revision+1))
+		switch {
+		case errors.Is(err, rpctypes.ErrCompacted):
+			v.Compacted = true
+		case err != nil:
+			return v, fmt.Errorf("reading etcd at revision %d: %w", m.Revision+1, err)
+		}
+	}
+	for _, tk := range m.Tail {
+		r, err := cli.Get(rctx, string(tk.Key), clientv3.WithRev(m.Revision))
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			break // compacted away: nothing more to compare
+		}
+		if err != nil {
+			return v, fmt.Errorf("reading key %q at revision %d: %w", tk.Key, m.Revision, err)
+		}
+		if len(r.Kvs) != 1 || r.Kvs[0].ModRevision != m.Revision ||
+			tailSum(r.Kvs[0].Value, r.Kvs[0].CreateRevision, r.Kvs[0].Version, r.Kvs[0].Lease) != tk.Sum {
+			v.Changed = fmt.Sprintf("etcd's revision %d holds other changes than the %s recorded (key %q)", m.Revision, m, tk.Key)
+			return v, nil
+		}
+	}
+	return v, nil
+}
+
+// committedIndex is the highest committed raft index among the client's endpoints; ok is
+// false unless every endpoint answered, since the one that served the read may be missing.
+func committedIndex(ctx context.Context, cli *clientv3.Client) (uint64, bool) {
+	var idx uint64
+	for _, ep := range cli.Endpoints() {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := cli.Status(sctx, ep)
+		cancel()
+		if err != nil {
+			return 0, false
+		}
+		idx = max(idx, st.RaftIndex)
+	}
+	return idx, true
+}
+
+// resumePoints returns the newest snapshot of the cluster and the last segment of its
+// history (nil if none), as marks. It lists only the segments after the newest snapshot
+// of that history that has any after it, never the whole history.
+func resumePoints(ctx context.Context, st store.Store, cluster string) (snap, seg *Mark, err error) {
+	snaps, err := snapshot.List(ctx, st, cluster)
+	if err != nil || len(snaps) == 0 {
+		return nil, nil, err
+	}
+	newest := snaps[0]
+	snap = snapshotMark(newest)
+	if newest.History == "" {
+		return snap, nil, nil
+	}
+	anchors := []int64{}
+	for _, s := range snaps {
+		if s.History == newest.History {
+			anchors = append(anchors, s.Revision)
+		}
+	}
+	for _, after := range append(anchors, 0) {
+		last, err := lastSegment(ctx, st, cluster, newest.History, after)
+		if err != nil {
+			return nil, nil, err
+		}
+		if last != nil {
+			if last, err = last.full(ctx, st); err != nil {
+				return nil, nil, err
+			}
+			return snap, last.mark(), nil
+		}
+	}
+	return snap, nil, nil
+}
+
+// Latest is the newest stored point of the cluster's current history: its newest
+// snapshot, or the last segment if that ends later. Nil if there is no snapshot.
+func Latest(ctx context.Context, st store.Store, cluster string) (*Mark, error) {
+	snap, seg, err := resumePoints(ctx, st, cluster)
+	if seg != nil && seg.Revision >= snap.Revision {
+		return seg, err
+	}
+	return snap, err
+}
+
+// Identify is a snapshot.SaveOptions.History for saves outside capture: a snapshot belongs
+// to the history of the newest stored point if etcd continues it, else to a new one.
+func Identify(cli *clientv3.Client, st store.Store, cluster string) func(context.Context, int64) (string, []snapshot.TailKey, error) {
+	return func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
+		tail := Tail(ctx, cli, rev)
+		latest, err := Latest(ctx, st, cluster)
+		if err != nil {
+			return "", nil, err
+		}
+		if latest == nil || latest.History == "" {
+			return NewHistory(time.Now()), tail, nil
+		}
+		v, err := Check(ctx, cli, latest)
+		if err != nil {
+			return "", nil, err
+		}
+		if v.Changed != "" {
+			return NewHistory(time.Now()), tail, nil
+		}
+		return latest.History, tail, nil
+	}
+}
+
+// Tail samples the keys written at rev, from etcd; nil if etcd no longer has them.
+func Tail(ctx context.Context, cli *clientv3.Client, rev int64) []snapshot.TailKey {
+	wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 5*time.Second)
+	defer cancel()
+	for resp := range cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(rev)) {
+		if resp.Err() != nil {
+			return nil
+		}
+		revs := FromWatch(resp, time.Time{})
+		if len(revs) > 0 && revs[0].Rev == rev {
+			return tailOf(revs[0])
+		}
+		if len(revs) > 0 {
+			return nil
+		}
+	}
+	return nil
+}
