@@ -231,12 +231,17 @@ func Identify(cli *clientv3.Client, st store.Store, cluster string) func(context
 	}
 }
 
-// Tail samples the keys written at rev, from etcd; nil if etcd no longer has them.
+// Tail samples the keys written at rev, from etcd; nil if etcd no longer has them, or rev
+// wrote none (the revision a --bump-revision restore starts at).
 func Tail(ctx context.Context, cli *clientv3.Client, rev int64) []snapshot.TailKey {
 	wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 5*time.Second)
 	defer cancel()
-	for resp := range cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(rev)) {
-		if resp.Err() != nil {
+	wch := cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(rev))
+	// A progress notification comes only once the watch has caught up: if it comes first,
+	// nothing was written at rev or after.
+	_ = cli.RequestProgress(wctx)
+	for resp := range wch {
+		if resp.Err() != nil || resp.IsProgressNotify() {
 			return nil
 		}
 		revs := FromWatch(resp, time.Time{})

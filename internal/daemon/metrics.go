@@ -51,7 +51,7 @@ func newMetrics(cluster string) *metrics {
 	m.deltaLag = prometheus.NewGauge(f("etcdguard_delta_lag_seconds", "Age of the oldest captured change not yet stored (the delta RPO)."))
 	m.deltaSegments = prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdguard_delta_segments_total", Help: "Delta segments written.", ConstLabels: l})
 	m.deltaInterruptions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "etcdguard_delta_interruptions_total",
-		Help: "Delta capture interruptions: compacted (etcd compacted revisions before they were captured; a full snapshot bridged them) or failing (watch or store errors, retried).", ConstLabels: l}, []string{"reason"})
+		Help: "Delta capture interruptions: compacted (etcd compacted revisions before they were captured; a full snapshot bridged them), new_history (etcd was restored: a new timeline started with a full snapshot, nothing lost) or failing (watch or store errors, retried).", ConstLabels: l}, []string{"reason"})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdguard_build_info", Help: "etcdguard's version.",
 		ConstLabels: prometheus.Labels{"cluster": cluster, "version": version.String()}})
 	build.Set(1)
