@@ -254,4 +254,3 @@ func grep(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
-
