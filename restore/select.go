@@ -51,6 +51,9 @@ func Select(ctx context.Context, st store.Store, cluster string, sel Selector) (
 		return nil, fmt.Errorf("cluster %s has %w in %s", cluster, snapshot.ErrNoSnapshots, st)
 	}
 	for _, m := range all { // newest first
+		if !snapshot.Usable(m) {
+			continue
+		}
 		if !sel.At.IsZero() && !m.CreatedAt.After(sel.At) {
 			return m, nil
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -52,11 +53,15 @@ func runSnapshotList(ctx context.Context, g *globalOptions) error {
 		fmt.Fprintf(g.stderr, "no snapshots of cluster %s in %s: take one with `etcdguard snapshot save`\n", cluster, st)
 		return nil
 	}
-	rows := [][]string{{"ID", "CREATED", "AGE", "REVISION", "SIZE", "STORED", "COMPRESSION"}}
+	rows := [][]string{{"ID", "CREATED", "AGE", "REVISION", "SIZE", "STORED", "COMPRESSION", "VERIFIED"}}
 	now := time.Now()
 	for _, m := range all {
+		verified := m.Verification
+		if !snapshot.Usable(m) { // shout: never restored, kept or counted as fresh
+			verified = strings.ToUpper(verified) + ": " + strings.Join(m.Problems, "; ")
+		}
 		rows = append(rows, []string{m.ID, m.CreatedAt.Format(time.RFC3339), humanAge(now.Sub(m.CreatedAt)),
-			fmt.Sprint(m.Revision), humanBytes(m.DBSize), humanBytes(m.StoredSize), m.Compression})
+			fmt.Sprint(m.Revision), humanBytes(m.DBSize), humanBytes(m.StoredSize), m.Compression, verified})
 	}
 	if err := table(g.stdout, rows); err != nil {
 		return err
