@@ -15,8 +15,8 @@ import (
 // SIGTERM in flight does: the client sees an error whether or not the PUT landed.
 type ambiguousStore struct {
 	store.Store
-	land       bool // the manifest PUT reaches the store before the error
-	readsFail  bool // and the store cannot be asked about the manifest afterwards
+	land        bool // the manifest PUT reaches the store before the error
+	readsFail   bool // and the store cannot be asked about the manifest afterwards
 	errInFlight error
 }
 
