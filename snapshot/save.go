@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/internal/etcdclient"
 	"github.com/etcdguard/etcdguard/internal/version"
 	"github.com/etcdguard/etcdguard/store"
 )
@@ -52,6 +53,9 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 	status, err := cli.Status(ctx, opts.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("etcd status of %s: %w", opts.Endpoint, err)
+	}
+	if err := etcdclient.SnapshotSource(opts.Endpoint, status); err != nil {
+		return nil, err
 	}
 	started := time.Now().UTC()
 	m := &Manifest{
