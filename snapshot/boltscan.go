@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -97,7 +98,7 @@ type boltScanner struct {
 	err    error
 
 	branchLast map[uint64]uint64 // branch page → last child
-	leaves     []leafRev         // leaf page → its last revision key (pages arrive in id order)
+	leaves     []leafRev         // leaf page → its last revision key, in the order pages completed
 	compactAt  map[uint64]int64  // leaf page → finishedCompactRev found in it
 	buckets    map[uint64][2]bucketRef
 }
@@ -433,15 +434,12 @@ func (s *boltScanner) keyRevision(ref bucketRef) (int64, error) {
 		}
 		pg = child
 	}
-	i, ok := slices.BinarySearchFunc(s.leaves, pg, func(l leafRev, id uint64) int {
-		switch {
-		case l.pgid < id:
-			return -1
-		case l.pgid > id:
-			return 1
-		}
-		return 0
-	})
+	// A page completes when its farthest capture has streamed past, so a stale page whose
+	// overflow header spans later pages completes after them: sort before searching. A list
+	// of 16-byte entries, not a map, keeps the memory per leaf page small.
+	byPage := func(l leafRev, id uint64) int { return cmp.Compare(l.pgid, id) }
+	slices.SortFunc(s.leaves, func(a, b leafRev) int { return byPage(a, b.pgid) })
+	i, ok := slices.BinarySearchFunc(s.leaves, pg, byPage)
 	if !ok {
 		return 0, fmt.Errorf("etcd key bucket's last leaf page %d is missing or holds no revision key", pg)
 	}
