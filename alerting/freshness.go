@@ -60,10 +60,17 @@ type Report struct {
 	Clusters []Freshness `json:"clusters"`
 }
 
-// Evaluate judges one cluster from its newest snapshot (nil: it has none).
-func Evaluate(cluster string, newest *snapshot.Manifest, now time.Time, p Policy) Freshness {
+// Evaluate judges one cluster from its newest usable snapshot (all: newest first, as
+// snapshot.List returns them); one that failed verification or lost its object is no backup.
+func Evaluate(cluster string, all []*snapshot.Manifest, now time.Time, p Policy) Freshness {
 	f := Freshness{Cluster: cluster}
-	if newest == nil {
+	newest := snapshot.Newest(all)
+	switch {
+	case newest == nil && len(all) > 0:
+		f.Status = Critical
+		f.Message = fmt.Sprintf("no usable snapshot: all %d failed verification or lost their object (see `etcdguard snapshot list`); take a new one with `etcdguard snapshot save`", len(all))
+		return f
+	case newest == nil:
 		f.Status, f.Message = Critical, "no snapshots at all: check that the etcdguard daemon runs and can reach etcd and the store"
 		return f
 	}
@@ -112,11 +119,7 @@ func Check(ctx context.Context, st store.Store, clusters []string, all bool, now
 			r = unknown(r, c, err)
 			continue
 		}
-		var newest *snapshot.Manifest
-		if len(list) > 0 {
-			newest = list[0]
-		}
-		f := Evaluate(c, newest, now, p)
+		f := Evaluate(c, list, now, p)
 		r.Clusters = append(r.Clusters, f)
 		r.Status = worse(r.Status, f.Status)
 	}

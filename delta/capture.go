@@ -309,7 +309,17 @@ func (c *Capturer) watch(ctx context.Context, from *Mark) (int64, error) {
 				return rev, err
 			}
 			progress(true)
-			if len(buf) == 0 && asked.IsZero() && time.Since(observed) >= observeEvery {
+			if len(buf) == 0 && time.Since(asked) >= observeEvery && time.Since(observed) >= observeEvery {
+				// Idle: make sure etcd still continues the history (a restore onto the
+				// same endpoints may not break the watch, which the client resumes by
+				// itself), then ask how far etcd is, to record it.
+				v, err := Check(ctx, c.Cli, last)
+				if err != nil {
+					return rev, fmt.Errorf("checking etcd's history while idle: %w", err)
+				}
+				if v.Changed != "" {
+					return rev, fmt.Errorf("%w: %s", errHistoryChanged, v.Changed)
+				}
 				asked = time.Now()
 				if err := c.Cli.RequestProgress(wctx); err != nil {
 					asked = time.Time{}
@@ -330,7 +340,7 @@ func (c *Capturer) watch(ctx context.Context, from *Mark) (int64, error) {
 			if resp.IsProgressNotify() {
 				// At the time capture asked, etcd was at most at this revision; if every
 				// revision up to it is stored, points up to that time are reachable.
-				if !asked.IsZero() && len(buf) == 0 && resp.Header.Revision == c.stored {
+				if !asked.IsZero() && time.Since(asked) < observeEvery && len(buf) == 0 && resp.Header.Revision == c.stored {
 					err := WriteObserved(ctx, c.Store, c.Cluster, Observed{History: c.id.History, Revision: c.stored, Time: asked.UTC()})
 					if err != nil {
 						slog.WarnContext(ctx, "could not record how far delta capture observed etcd", "err", err)

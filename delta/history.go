@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -168,9 +169,14 @@ func committedIndex(ctx context.Context, cli *clientv3.Client) (uint64, bool) {
 // history (nil if none), as marks. It lists only the segments after the newest snapshot
 // of that history that has any after it, never the whole history.
 func resumePoints(ctx context.Context, st store.Store, cluster string) (snap, seg *Mark, err error) {
-	snaps, err := snapshot.List(ctx, st, cluster)
-	if err != nil || len(snaps) == 0 {
+	all, err := snapshot.List(ctx, st, cluster)
+	if err != nil {
 		return nil, nil, err
+	}
+	// One that failed verification or lost its object is no place to resume from.
+	snaps := slices.DeleteFunc(all, func(m *snapshot.Manifest) bool { return !snapshot.Usable(m) })
+	if len(snaps) == 0 {
+		return nil, nil, nil
 	}
 	newest := snaps[0]
 	snap = snapshotMark(newest)

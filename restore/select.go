@@ -75,9 +75,10 @@ func Select(ctx context.Context, st store.Store, cluster string, sel Selector) (
 	if err != nil {
 		return nil, err
 	}
-	if sel.History != "" {
-		all = slices.DeleteFunc(all, func(m *snapshot.Manifest) bool { return m.History != sel.History })
-	}
+	// A snapshot that failed verification, or whose object is gone, is never a base.
+	all = slices.DeleteFunc(all, func(m *snapshot.Manifest) bool {
+		return !snapshot.Usable(m) || sel.History != "" && m.History != sel.History
+	})
 	if len(all) == 0 {
 		in := ""
 		if sel.History != "" {

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,7 +12,8 @@ import (
 
 // etcd's snapshot stream carries no revision, so the revision a snapshot contains is read
 // from the bbolt pages as they stream past, the way `etcdutl snapshot status` reads it from a
-// file: the highest main revision in the "key" bucket, together with meta's finishedCompactRev.
+// file: the highest main revision in the "key" bucket, together with meta's finishedCompactRev
+// and scheduledCompactRev, as etcd's own mvcc restore combines them.
 //
 // A streamed file cannot be walked as a tree, because a page may be referenced by a page that
 // comes after it. So every page is summarised while it passes (a few bytes each: a branch
@@ -46,9 +48,10 @@ const (
 )
 
 var (
-	keyBucketName      = []byte("key")
-	metaBucketName     = []byte("meta")
-	finishedCompactKey = []byte("finishedCompactRev")
+	keyBucketName       = []byte("key")
+	metaBucketName      = []byte("meta")
+	finishedCompactKey  = []byte("finishedCompactRev")
+	scheduledCompactKey = []byte("scheduledCompactRev")
 )
 
 // bucketRef is where a bucket's tree starts: a root page, or an inline leaf page.
@@ -97,8 +100,8 @@ type boltScanner struct {
 	err    error
 
 	branchLast map[uint64]uint64 // branch page → last child
-	leaves     []leafRev         // leaf page → its last revision key (pages arrive in id order)
-	compactAt  map[uint64]int64  // leaf page → finishedCompactRev found in it
+	leaves     []leafRev         // leaf page → its last revision key, in the order pages completed
+	compactAt  map[uint64]int64  // leaf page → the compaction revision found in it (see isCompactKey)
 	buckets    map[uint64][2]bucketRef
 }
 
@@ -296,8 +299,9 @@ func (pp *pageParse) planItems() {
 		switch {
 		case flags&bucketLeafFlag != 0 && (ksize == int64(len(keyBucketName)) || ksize == int64(len(metaBucketName))):
 			key, val = want(koff, ksize), want(koff+ksize, min(vsize, maxCaptureValue))
-		case ksize == markedRevKeyLen && vsize == revKeyLen:
-			// Could be meta's finishedCompactRev (or a tombstone's key, which is also 18 bytes).
+		case (ksize == markedRevKeyLen || ksize == int64(len(scheduledCompactKey))) && vsize == revKeyLen:
+			// Could be meta's finishedCompactRev or scheduledCompactRev (or a tombstone's
+			// key, which is also 18 bytes).
 			key, val = want(koff, ksize), want(koff+ksize, vsize)
 		case i == n-1 && (ksize == revKeyLen || ksize == markedRevKeyLen):
 			key, val = want(koff, ksize), &capture{}
@@ -336,9 +340,9 @@ func (s *boltScanner) summarise(pp *pageParse) {
 				} else if bytes.Equal(key, metaBucketName) {
 					refs[1] = parseBucketRef(val)
 				}
-			case bytes.Equal(key, finishedCompactKey):
+			case isCompactKey(key):
 				if rev, ok := revMain(val); ok {
-					s.compactAt[pp.id] = rev
+					s.compactAt[pp.id] = max(s.compactAt[pp.id], rev)
 				}
 			case i+2 == len(pp.items):
 				if rev, ok := revMain(key); ok {
@@ -413,7 +417,8 @@ func (s *boltScanner) result() (scanResult, error) {
 	} else if _, isBranch := s.branchLast[metaRef.root]; isBranch {
 		return r, fmt.Errorf("etcd meta bucket spans several pages (root %d): not supported", metaRef.root)
 	}
-	// etcd's store starts at revision 1, so an empty one is at 1 too.
+	// etcd's store starts at revision 1, so an empty one is at 1 too. A compaction past the
+	// newest key (its tombstone compacted away) carries the revision with it.
 	r.Revision = max(r.KeyRevision, r.CompactRevision, 1)
 	return r, nil
 }
@@ -433,15 +438,12 @@ func (s *boltScanner) keyRevision(ref bucketRef) (int64, error) {
 		}
 		pg = child
 	}
-	i, ok := slices.BinarySearchFunc(s.leaves, pg, func(l leafRev, id uint64) int {
-		switch {
-		case l.pgid < id:
-			return -1
-		case l.pgid > id:
-			return 1
-		}
-		return 0
-	})
+	// A page completes when its farthest capture has streamed past, so a stale page whose
+	// overflow header spans later pages completes after them: sort before searching. A list
+	// of 16-byte entries, not a map, keeps the memory per leaf page small.
+	byPage := func(l leafRev, id uint64) int { return cmp.Compare(l.pgid, id) }
+	slices.SortFunc(s.leaves, func(a, b leafRev) int { return byPage(a, b.pgid) })
+	i, ok := slices.BinarySearchFunc(s.leaves, pg, byPage)
 	if !ok {
 		return 0, fmt.Errorf("etcd key bucket's last leaf page %d is missing or holds no revision key", pg)
 	}
@@ -479,11 +481,19 @@ func inlineLastRev(page []byte) (int64, error) {
 	return rev, nil
 }
 
+// isCompactKey matches meta's two compaction keys. A compaction is scheduled (persisted)
+// before it runs and finished after; a member restored with scheduledCompactRev above
+// finishedCompactRev finishes the interrupted compaction and serves at least that revision
+// (etcd's mvcc store.restore), so the compaction revision is the larger of the two.
+func isCompactKey(k []byte) bool {
+	return bytes.Equal(k, finishedCompactKey) || bytes.Equal(k, scheduledCompactKey)
+}
+
 func inlineCompactRev(page []byte) int64 {
 	var rev int64
 	inlineElems(page, func(_ uint32, k, v []byte) {
-		if bytes.Equal(k, finishedCompactKey) {
-			rev, _ = revMain(v)
+		if r, ok := revMain(v); ok && isCompactKey(k) {
+			rev = max(rev, r)
 		}
 	})
 	return rev

@@ -50,6 +50,12 @@ type Manifest struct {
 	// history (a restore that reuses the cluster token keeps the cluster ID).
 	RaftIndex uint64    `json:"raft_index,omitempty"`
 	Tail      []TailKey `json:"tail,omitempty"`
+
+	// Verification is filled by List and Find from the sibling records, never stored:
+	// verified, unverified, failed (a verification found it corrupt; Problems say how) or
+	// missing (its object is gone). See Usable.
+	Verification string   `json:"verification,omitempty"`
+	Problems     []string `json:"problems,omitempty"`
 }
 
 // TailKey is one key written at a stored revision, with a digest of what it held then.
@@ -58,11 +64,42 @@ type TailKey struct {
 	Sum string `json:"sum"`
 }
 
+// The states of Manifest.Verification.
+const (
+	Verified   = "verified"
+	Unverified = "unverified"
+	Failed     = "failed"
+	Missing    = "missing"
+)
+
+// Usable says whether a snapshot may be restored, counted as a fresh backup or kept by a
+// retention rule: it is, unless a verification failed or its object is gone. Every
+// caller that picks snapshots goes through this, so none can disagree.
+func Usable(m *Manifest) bool { return m.Verification != Failed && m.Verification != Missing }
+
+// Newest returns the newest usable snapshot of all (newest first, as List returns them),
+// or nil.
+func Newest(all []*Manifest) *Manifest {
+	for _, m := range all {
+		if Usable(m) {
+			return m
+		}
+	}
+	return nil
+}
+
 const manifestExt = ".json"
 
-// verifiedSuffix marks the record of a successful verification (written by later features);
-// it shares the .json extension but is not a manifest.
-const verifiedSuffix = ".verified.json"
+// Verification records sit next to the manifest (<ID>.verified.json, <ID>.failed.json);
+// they share its .json extension but are not manifests.
+const (
+	verifiedSuffix = ".verified.json"
+	failedSuffix   = ".failed.json"
+)
+
+func isRecord(key string) bool {
+	return strings.HasSuffix(key, verifiedSuffix) || strings.HasSuffix(key, failedSuffix)
+}
 
 func snapshotsPrefix(cluster string) string { return cluster + "/snapshots/" }
 
@@ -102,19 +139,27 @@ func readManifest(ctx context.Context, st store.Store, key string) (*Manifest, e
 	return &m, nil
 }
 
-// List returns the cluster's complete snapshots, newest first. A manifest that cannot be
-// read is logged and skipped, so one bad object never hides the others during an outage.
+// List returns the cluster's complete snapshots, newest first, each with its Verification.
+// A manifest that cannot be read is logged and skipped, so one bad object never hides the
+// others during an outage.
 func List(ctx context.Context, st store.Store, cluster string) ([]*Manifest, error) {
 	objs, err := st.List(ctx, snapshotsPrefix(cluster))
 	if err != nil {
 		return nil, fmt.Errorf("listing snapshots of cluster %s in %s: %w", cluster, st, err)
 	}
+	keys := make(map[string]bool, len(objs))
+	for _, o := range objs {
+		keys[o.Key] = true
+	}
 	var out []*Manifest
 	for _, o := range objs {
-		if !strings.HasSuffix(o.Key, manifestExt) || strings.HasSuffix(o.Key, verifiedSuffix) {
+		if !strings.HasSuffix(o.Key, manifestExt) || isRecord(o.Key) {
 			continue
 		}
 		m, err := readManifest(ctx, st, o.Key)
+		if err == nil {
+			err = annotate(ctx, st, m, keys)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -144,6 +189,9 @@ func Find(ctx context.Context, st store.Store, cluster, id string) (*Manifest, e
 	if id != "latest" {
 		m, err := readManifest(ctx, st, manifestKey(cluster, id))
 		if err == nil {
+			err = annotate(ctx, st, m, nil)
+		}
+		if err == nil {
 			return m, nil
 		}
 		if !errors.Is(err, store.ErrNotExist) {
@@ -158,10 +206,59 @@ func Find(ctx context.Context, st store.Store, cluster, id string) (*Manifest, e
 		return nil, fmt.Errorf("cluster %s has %w in %s: take one with `etcdguard snapshot save`", cluster, ErrNoSnapshots, st)
 	}
 	if id == "latest" {
-		return all[0], nil
+		if m := Newest(all); m != nil {
+			return m, nil
+		}
+		return nil, fmt.Errorf("cluster %s has %w usable in %s: all %d failed verification or lost their object (`etcdguard snapshot list`); take one with `etcdguard snapshot save`",
+			cluster, ErrNoSnapshots, st, len(all))
 	}
 	return nil, fmt.Errorf("snapshot %s not found in cluster %s; nearest: %s (see `etcdguard snapshot list`): %w",
 		id, cluster, strings.Join(nearest(all, id, 3), ", "), store.ErrNotExist)
+}
+
+// annotate fills m.Verification from the keys under the snapshots prefix (nil: look up
+// this snapshot's own keys). A failed verification outranks a success recorded earlier.
+func annotate(ctx context.Context, st store.Store, m *Manifest, keys map[string]bool) error {
+	prefix := snapshotsPrefix(m.Cluster)
+	if keys == nil {
+		objs, err := st.List(ctx, prefix+m.ID)
+		if err != nil {
+			return fmt.Errorf("listing the records of snapshot %s: %w", m.ID, err)
+		}
+		keys = map[string]bool{}
+		for _, o := range objs {
+			keys[o.Key] = true
+		}
+	}
+	present := keys[m.Object]
+	if !strings.HasPrefix(m.Object, prefix) {
+		// Not covered by the listing.
+		_, err := st.Stat(ctx, m.Object)
+		if err != nil && !errors.Is(err, store.ErrNotExist) {
+			return fmt.Errorf("looking for the object of snapshot %s: %w", m.ID, err)
+		}
+		present = err == nil
+	}
+	switch {
+	case !present:
+		m.Verification, m.Problems = Missing, []string{"object " + m.Object + " is missing"}
+	case keys[recordKey(m.Cluster, m.ID, failedSuffix)]:
+		m.Verification = Failed
+		var rec verification
+		b, err := store.ReadAll(ctx, st, recordKey(m.Cluster, m.ID, failedSuffix), 1<<20)
+		if err == nil {
+			err = json.Unmarshal(b, &rec)
+		}
+		if err != nil && !errors.Is(err, store.ErrNotExist) {
+			slog.WarnContext(ctx, "cannot read why a snapshot failed verification", "id", m.ID, "err", err)
+		}
+		m.Problems = rec.Problems
+	case keys[recordKey(m.Cluster, m.ID, verifiedSuffix)]:
+		m.Verification = Verified
+	default:
+		m.Verification = Unverified
+	}
+	return nil
 }
 
 // nearest returns up to n ids closest to id in sort order (ids sort by time).

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,10 +29,10 @@ type Decision struct {
 	Reasons []string `json:"reasons"` // why it is kept
 }
 
-// Plan decides for every snapshot (newest first, as List returns them). verified holds
-// the ids that passed `snapshot verify`: the newest of them is always kept, so a prune can
-// never leave only snapshots nobody has checked.
-func (r Retention) Plan(all []*Manifest, verified map[string]bool, now time.Time) ([]Decision, error) {
+// Plan decides for every snapshot (newest first, as List returns them, with their
+// Verification). The newest verified snapshot is always kept, so a prune can never leave
+// only snapshots nobody has checked; a snapshot that is not Usable fills no rule's slot.
+func (r Retention) Plan(all []*Manifest, now time.Time) ([]Decision, error) {
 	if r.Last <= 0 && r.Hourly <= 0 && r.Daily <= 0 && r.Weekly <= 0 && r.Within <= 0 {
 		return nil, errors.New("the retention policy keeps nothing: set at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-within")
 	}
@@ -46,11 +47,15 @@ func (r Retention) Plan(all []*Manifest, verified map[string]bool, now time.Time
 		{"daily", r.Daily, func(t time.Time) string { return t.Format("2006-01-02") }, map[string]bool{}},
 		{"weekly", r.Weekly, func(t time.Time) string { y, w := t.ISOWeek(); return fmt.Sprintf("%d-W%02d", y, w) }, map[string]bool{}},
 	}
-	newestVerified := true
+	newestVerified, last := true, 0
 	for i, m := range all {
 		d := Decision{ID: m.ID, Created: m.CreatedAt.UTC().Format(time.RFC3339), History: m.History, Reasons: []string{}}
+		if !Usable(m) {
+			out[i] = d
+			continue
+		}
 		t := m.CreatedAt.UTC()
-		if i < r.Last {
+		if last++; last <= r.Last {
 			d.Reasons = append(d.Reasons, fmt.Sprintf("last %d", r.Last))
 		}
 		if r.Within > 0 && now.Sub(t) <= r.Within {
@@ -62,7 +67,7 @@ func (r Retention) Plan(all []*Manifest, verified map[string]bool, now time.Time
 				d.Reasons = append(d.Reasons, b.name+" "+k)
 			}
 		}
-		if verified[m.ID] && newestVerified {
+		if m.Verification == Verified && newestVerified {
 			newestVerified = false
 			d.Reasons = append(d.Reasons, "newest verified")
 		}
@@ -72,28 +77,41 @@ func (r Retention) Plan(all []*Manifest, verified map[string]bool, now time.Time
 	return out, nil
 }
 
-func verifiedKey(cluster, id string) string { return snapshotsPrefix(cluster) + id + verifiedSuffix }
+func recordKey(cluster, id, suffix string) string { return snapshotsPrefix(cluster) + id + suffix }
 
-// RecordVerified notes that a snapshot passed verification; retention always keeps the
-// newest such snapshot.
-func RecordVerified(ctx context.Context, st store.Store, rep *VerifyReport) error {
-	b := fmt.Appendf(nil, `{"id":%q,"verified_at":%q,"sha256":%q}`, rep.ID, time.Now().UTC().Format(time.RFC3339), rep.SHA256)
-	return store.PutBytes(ctx, st, verifiedKey(rep.Cluster, rep.ID), b)
+// verification is the record of one verification's outcome.
+type verification struct {
+	ID         string   `json:"id"`
+	VerifiedAt string   `json:"verified_at"`
+	OK         bool     `json:"ok"`
+	SHA256     string   `json:"sha256,omitempty"`
+	Problems   []string `json:"problems,omitempty"`
 }
 
-// Verified returns the ids of the cluster's snapshots that passed verification.
-func Verified(ctx context.Context, st store.Store, cluster string) (map[string]bool, error) {
-	objs, err := st.List(ctx, snapshotsPrefix(cluster))
-	if err != nil {
-		return nil, err
+// RecordVerification stores the outcome of a verification next to the manifest, where
+// List finds it: <ID>.verified.json when it passed, <ID>.failed.json when it did not.
+// A failure outranks an earlier success; a success removes an earlier failure's record,
+// after writing its own, so a snapshot is never shown good without a record that says so.
+func RecordVerification(ctx context.Context, st store.Store, rep *VerifyReport) error {
+	rec := verification{ID: rep.ID, VerifiedAt: time.Now().UTC().Format(time.RFC3339), OK: rep.OK, SHA256: rep.SHA256, Problems: rep.Problems}
+	suffix := verifiedSuffix
+	if !rep.OK {
+		suffix = failedSuffix
 	}
-	out := map[string]bool{}
-	for _, o := range objs {
-		if id, ok := strings.CutSuffix(o.Key[len(snapshotsPrefix(cluster)):], verifiedSuffix); ok {
-			out[id] = true
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	key := recordKey(rep.Cluster, rep.ID, suffix)
+	if err := store.PutBytes(ctx, st, key, b); err != nil {
+		return fmt.Errorf("recording the verification of snapshot %s as %s: %w", rep.ID, key, err)
+	}
+	if rep.OK {
+		if err := st.Delete(ctx, recordKey(rep.Cluster, rep.ID, failedSuffix)); err != nil {
+			return fmt.Errorf("removing the failed verification record of snapshot %s: %w", rep.ID, err)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Prune applies the retention policy to the cluster's snapshots and, unless dryRun,
@@ -104,11 +122,7 @@ func Prune(ctx context.Context, st store.Store, cluster string, r Retention, now
 	if err != nil {
 		return nil, err
 	}
-	verified, err := Verified(ctx, st, cluster)
-	if err != nil {
-		return nil, fmt.Errorf("listing verified snapshots: %w", err)
-	}
-	decisions, err := r.Plan(all, verified, now)
+	decisions, err := r.Plan(all, now)
 	if err != nil || dryRun {
 		return decisions, err
 	}
@@ -117,7 +131,7 @@ func Prune(ctx context.Context, st store.Store, cluster string, r Retention, now
 			continue
 		}
 		m := all[i]
-		keys := []string{manifestKey(cluster, m.ID), verifiedKey(cluster, m.ID)}
+		keys := []string{manifestKey(cluster, m.ID), recordKey(cluster, m.ID, verifiedSuffix), recordKey(cluster, m.ID, failedSuffix)}
 		// A manifest only ever names an object of its own cluster's snapshots.
 		if strings.HasPrefix(m.Object, snapshotsPrefix(cluster)) {
 			keys = append(keys, m.Object)

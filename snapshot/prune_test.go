@@ -38,6 +38,8 @@ func TestRetentionPlan(t *testing.T) {
 		name     string
 		r        Retention
 		verified []string
+		failed   []string
+		missing  []string
 		want     []string // kept, newest first
 	}{
 		{name: "last 3", r: Retention{Last: 3}, want: []string{id(4, 12, 40), id(4, 12, 10), id(4, 11, 40)}},
@@ -48,14 +50,27 @@ func TestRetentionPlan(t *testing.T) {
 		{name: "rules add up", r: Retention{Last: 2, Daily: 2}, want: []string{id(4, 12, 40), id(4, 12, 10), id(3, 23, 40)}},
 		{name: "the newest verified is always kept", r: Retention{Last: 1}, verified: []string{id(2, 5, 10), id(1, 5, 10)},
 			want: []string{id(4, 12, 40), id(2, 5, 10)}},
+		{name: "unusable snapshots fill no slot", r: Retention{Last: 1, Hourly: 2}, failed: []string{id(4, 12, 40)}, missing: []string{id(4, 11, 40)},
+			want: []string{id(4, 12, 10), id(4, 11, 10)}},
+		{name: "a failed snapshot is not the newest verified", r: Retention{Last: 1}, verified: []string{id(2, 5, 10), id(2, 4, 10)}, failed: []string{id(2, 5, 10)},
+			want: []string{id(4, 12, 40), id(2, 4, 10)}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			verified := map[string]bool{}
-			for _, v := range tc.verified {
-				verified[v] = true
+			marks := map[string]string{}
+			// In this order, as List ranks them: a failure outranks an earlier success.
+			for i, ids := range [][]string{tc.verified, tc.failed, tc.missing} {
+				for _, id := range ids {
+					marks[id] = []string{Verified, Failed, Missing}[i]
+				}
 			}
-			ds, err := tc.r.Plan(all, verified, now)
+			var marked []*Manifest
+			for _, m := range all {
+				c := *m
+				c.Verification = marks[m.ID]
+				marked = append(marked, &c)
+			}
+			ds, err := tc.r.Plan(marked, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -70,7 +85,7 @@ func TestRetentionPlan(t *testing.T) {
 			}
 		})
 	}
-	if _, err := (Retention{}).Plan(all, nil, now); err == nil || !strings.Contains(err.Error(), "keeps nothing") {
+	if _, err := (Retention{}).Plan(all, now); err == nil || !strings.Contains(err.Error(), "keeps nothing") {
 		t.Fatalf("empty policy: %v", err)
 	}
 }
@@ -94,7 +109,7 @@ func TestPrune(t *testing.T) {
 		}
 		all = append(all, m)
 	}
-	if err := RecordVerified(ctx, st, &VerifyReport{ID: all[1].ID, Cluster: "c1"}); err != nil {
+	if err := RecordVerification(ctx, st, &VerifyReport{ID: all[1].ID, Cluster: "c1", OK: true}); err != nil {
 		t.Fatal(err)
 	}
 	keys := func() []string {
@@ -124,7 +139,7 @@ func TestPrune(t *testing.T) {
 	if want := []string{all[5].ID, all[4].ID, all[1].ID}; !slices.Equal(ids, want) {
 		t.Fatalf("left %v, want %v (last 2 and the verified one)", ids, want)
 	}
-	want := []string{manifestKey("c1", all[1].ID), all[1].Object, verifiedKey("c1", all[1].ID),
+	want := []string{manifestKey("c1", all[1].ID), all[1].Object, recordKey("c1", all[1].ID, verifiedSuffix),
 		manifestKey("c1", all[4].ID), all[4].Object, manifestKey("c1", all[5].ID), all[5].Object}
 	slices.Sort(want)
 	if got := keys(); !slices.Equal(got, want) {

@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/internal/etcdclient"
 	"github.com/etcdguard/etcdguard/internal/version"
 	"github.com/etcdguard/etcdguard/store"
 )
@@ -55,6 +56,9 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 	status, err := cli.Status(ctx, opts.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("etcd status of %s: %w", opts.Endpoint, err)
+	}
+	if err := etcdclient.SnapshotSource(opts.Endpoint, status); err != nil {
+		return nil, err
 	}
 	started := time.Now().UTC()
 	m := &Manifest{
@@ -118,28 +122,54 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 	m.DBSize, m.SHA256, m.Revision, m.CompactRevision = d.Size, d.SHA256, d.Revision, d.CompactRevision
 	m.StoredSize = put.n
 	m.KeyCount = countKeys(ctx, cli, m.Revision, log)
-	var err2 error
 	if opts.History != nil {
-		m.History, m.Tail, err2 = opts.History(ctx, m.Revision)
-		if err2 != nil {
-			err2 = fmt.Errorf("finding the history snapshot %s belongs to: %w", m.ID, err2)
+		if m.History, m.Tail, err = opts.History(ctx, m.Revision); err != nil {
+			// Nothing names the object yet: remove it so it does not cost storage.
+			if derr := st.Delete(context.WithoutCancel(ctx), m.Object); derr != nil {
+				log.WarnContext(ctx, "could not remove object without manifest", "object", m.Object, "err", derr)
+			}
+			return nil, fmt.Errorf("finding the history snapshot %s belongs to: %w", m.ID, err)
 		}
 	}
 	m.CompletedAt = time.Now().UTC()
-	if err2 == nil {
-		err2 = writeManifest(ctx, st, m)
-	}
-	if err := err2; err != nil {
-		// Without its manifest the object is invisible; remove it so it does not cost storage.
-		if derr := st.Delete(context.WithoutCancel(ctx), m.Object); derr != nil {
-			log.WarnContext(ctx, "could not remove object without manifest", "object", m.Object, "err", derr)
+	if err := writeManifest(ctx, st, m); err != nil {
+		if err := settleManifest(ctx, st, m, err, log); err != nil {
+			return nil, err
 		}
-		return nil, err
 	}
 	log.InfoContext(ctx, "snapshot saved", "id", m.ID, "revision", m.Revision, "db_size", m.DBSize,
 		"stored_size", m.StoredSize, "duration", m.CompletedAt.Sub(started).Round(time.Millisecond))
 	return m, nil
 }
+
+// settleManifest decides what a failed manifest PUT left. It may have landed all the same
+// (a timeout, or a SIGTERM after the request was sent), so the object is removed only when
+// the manifest is surely absent: a manifest must never name a deleted object. nil means
+// the manifest is stored and the snapshot complete.
+func settleManifest(ctx context.Context, st store.Store, m *Manifest, putErr error, log *slog.Logger) error {
+	// A fresh context: the save's own may be the one that was cancelled.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	key := manifestKey(m.Cluster, m.ID)
+	_, err := readManifest(cctx, st, key)
+	switch {
+	case err == nil:
+		log.WarnContext(ctx, "the manifest was stored although its upload reported an error; the snapshot is complete",
+			"id", m.ID, "manifest", key, "err", putErr)
+		return nil
+	case errors.Is(err, store.ErrNotExist):
+		// Without its manifest the object is invisible; remove it so it does not cost storage.
+		if derr := st.Delete(cctx, m.Object); derr != nil {
+			log.WarnContext(ctx, "could not remove object without manifest", "object", m.Object, "err", derr)
+		}
+		return putErr
+	}
+	return fmt.Errorf("%w; whether it was stored is unknown (%v), so object %s is kept: `etcdguard snapshot list` shows the snapshot if it was",
+		putErr, err, m.Object)
+}
+
+// settleTimeout bounds the look at a manifest after its PUT failed.
+const settleTimeout = 30 * time.Second
 
 // countKeys asks etcd how many keys there were at the snapshot's revision, so a restore
 // can report it without reading the whole DB again.

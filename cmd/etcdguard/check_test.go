@@ -21,10 +21,13 @@ func TestCheckExitCodes(t *testing.T) {
 	}
 	put := func(cluster string, age time.Duration) {
 		created := time.Now().Add(-age).UTC()
-		m := snapshot.Manifest{ID: created.Format("20060102T150405Z") + "-000000", Cluster: cluster, CreatedAt: created, Object: "x"}
+		id := created.Format("20060102T150405Z") + "-000000"
+		m := snapshot.Manifest{ID: id, Cluster: cluster, CreatedAt: created, Object: cluster + "/snapshots/" + id + ".db"}
 		b, _ := json.Marshal(m)
-		if err := store.PutBytes(context.Background(), st, cluster+"/snapshots/"+m.ID+".json", b); err != nil {
-			t.Fatal(err)
+		for key, data := range map[string][]byte{m.Object: []byte("x"), cluster + "/snapshots/" + m.ID + ".json": b} {
+			if err := store.PutBytes(context.Background(), st, key, data); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	put("prod", time.Hour)

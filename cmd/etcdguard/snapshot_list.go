@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -52,9 +53,13 @@ func runSnapshotList(ctx context.Context, g *globalOptions) error {
 		fmt.Fprintf(g.stderr, "no snapshots of cluster %s in %s: take one with `etcdguard snapshot save`\n", cluster, st)
 		return nil
 	}
-	rows := [][]string{{"ID", "CREATED", "AGE", "REVISION", "SIZE", "STORED", "COMPRESSION", "HISTORY"}}
+	rows := [][]string{{"ID", "CREATED", "AGE", "REVISION", "SIZE", "STORED", "COMPRESSION", "VERIFIED", "HISTORY"}}
 	now := time.Now()
 	for i, m := range all {
+		verified := m.Verification
+		if !snapshot.Usable(m) { // shout: never restored, kept or counted as fresh
+			verified = strings.ToUpper(verified) + ": " + strings.Join(m.Problems, "; ")
+		}
 		h := m.History
 		if h == "" {
 			h = "-"
@@ -63,7 +68,7 @@ func runSnapshotList(ctx context.Context, g *globalOptions) error {
 			h += " (new: etcd was restored before this)" // newest first: the one below is older
 		}
 		rows = append(rows, []string{m.ID, m.CreatedAt.Format(time.RFC3339), humanAge(now.Sub(m.CreatedAt)),
-			fmt.Sprint(m.Revision), humanBytes(m.DBSize), humanBytes(m.StoredSize), m.Compression, h})
+			fmt.Sprint(m.Revision), humanBytes(m.DBSize), humanBytes(m.StoredSize), m.Compression, verified, h})
 	}
 	if err := table(g.stdout, rows); err != nil {
 		return err

@@ -35,11 +35,10 @@ func runSnapshotVerify(ctx context.Context, g *globalOptions, id string) error {
 	if err != nil {
 		return err
 	}
-	if rep.OK {
-		// Retention always keeps the newest snapshot that verified.
-		if err := snapshot.RecordVerified(ctx, st, rep); err != nil {
-			return fmt.Errorf("snapshot %s verified OK, but recording that failed: %w", rep.ID, err)
-		}
+	// Retention always keeps the newest snapshot that verified; one that failed is never
+	// restored, kept or counted as fresh.
+	if err := snapshot.RecordVerification(ctx, st, rep); err != nil {
+		return fmt.Errorf("snapshot %s verified (ok: %v), but recording that failed: %w", rep.ID, rep.OK, err)
 	}
 	if g.output == "json" {
 		if err := printJSON(g.stdout, rep); err != nil {

@@ -371,15 +371,18 @@ func (d *Daemon) snapshotRun(ctx context.Context) {
 	d.m.sizeStored.Set(float64(m.StoredSize))
 	if d.cfg.Verify {
 		rep, err := snapshot.Verify(ctx, d.cfg.Store, m)
-		if err == nil && !rep.OK {
-			err = fmt.Errorf("snapshot %s failed verification: %v", m.ID, rep.Problems)
-		}
 		if err != nil {
 			d.fail("verify", err)
 			return
 		}
-		if err := snapshot.RecordVerified(ctx, d.cfg.Store, rep); err != nil {
+		// A failure is recorded too: it keeps the snapshot from counting as fresh, from
+		// restores and from retention's slots.
+		if err := snapshot.RecordVerification(ctx, d.cfg.Store, rep); err != nil {
 			d.fail("store", err)
+			return
+		}
+		if !rep.OK {
+			d.fail("verify", fmt.Errorf("snapshot %s failed verification: %v", m.ID, rep.Problems))
 			return
 		}
 	}
@@ -438,13 +441,12 @@ func (d *Daemon) checkOnce(ctx context.Context) {
 		alert("EtcdguardStoreUnreachable", "critical", "etcdguard cannot read the snapshot store: "+err.Error())
 	} else {
 		d.m.stored.Set(float64(len(list)))
-		var newest *snapshot.Manifest
-		if len(list) > 0 {
-			newest = list[0]
+		newest := snapshot.Newest(list)
+		if newest != nil {
 			d.m.lastSuccess.Set(float64(newest.CreatedAt.Unix()))
 			d.m.age.Set(time.Since(newest.CreatedAt).Seconds())
 		}
-		f := alerting.Evaluate(d.cfg.Cluster, newest, time.Now(), d.cfg.Policy)
+		f := alerting.Evaluate(d.cfg.Cluster, list, time.Now(), d.cfg.Policy)
 		switch {
 		case f.Status == alerting.OK:
 		case newest == nil:

@@ -117,8 +117,10 @@ func TestStaleThenFresh(t *testing.T) {
 	}
 	old := time.Now().Add(-10 * time.Hour).UTC()
 	m, _ := json.Marshal(snapshot.Manifest{ID: old.Format("20060102T150405Z") + "-000000", Cluster: "prod", CreatedAt: old, Object: "prod/snapshots/x"})
-	if err := store.PutBytes(context.Background(), st, "prod/snapshots/"+old.Format("20060102T150405Z")+"-000000.json", m); err != nil {
-		t.Fatal(err)
+	for key, data := range map[string][]byte{"prod/snapshots/x": []byte("x"), "prod/snapshots/" + old.Format("20060102T150405Z") + "-000000.json": m} {
+		if err := store.PutBytes(context.Background(), st, key, data); err != nil {
+			t.Fatal(err)
+		}
 	}
 	hook, am, slack := newReceiver(t), newReceiver(t), newReceiver(t)
 	// The first tick comes after 3 s, long enough for the stale alert to go out first.

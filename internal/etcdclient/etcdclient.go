@@ -79,7 +79,8 @@ func New(ctx context.Context, c Config) (*clientv3.Client, error) {
 }
 
 // FirstHealthy returns a client bound to the first endpoint, in the order given, that
-// answers a status request: a snapshot must come from one chosen member.
+// answers a status request and may be snapshotted (see SnapshotSource): a snapshot must
+// come from one chosen member.
 func FirstHealthy(ctx context.Context, c Config) (*clientv3.Client, string, *clientv3.StatusResponse, error) {
 	if len(c.Endpoints) == 0 {
 		return nil, "", nil, errors.New("no etcd endpoints: set --endpoints (or ETCDCTL_ENDPOINTS)")
@@ -88,7 +89,10 @@ func FirstHealthy(ctx context.Context, c Config) (*clientv3.Client, string, *cli
 	for _, ep := range c.Endpoints {
 		cli, st, err := connect(ctx, c, []string{ep})
 		if err == nil {
-			return cli, ep, st, nil
+			if err = SnapshotSource(ep, st); err == nil {
+				return cli, ep, st, nil
+			}
+			cli.Close()
 		}
 		if ctx.Err() != nil {
 			return nil, "", nil, ctx.Err()
@@ -96,6 +100,18 @@ func FirstHealthy(ctx context.Context, c Config) (*clientv3.Client, string, *cli
 		problems = append(problems, err.Error())
 	}
 	return nil, "", nil, fmt.Errorf("no healthy etcd endpoint: %s", strings.Join(problems, "; "))
+}
+
+// SnapshotSource refuses a member whose data may be behind the cluster's: one without a
+// leader (partitioned, or its quorum is gone) and a learner (it may still be catching up).
+func SnapshotSource(ep string, st *clientv3.StatusResponse) error {
+	switch {
+	case st.IsLearner:
+		return fmt.Errorf("etcd member %x at %s is a learner and may lag behind: snapshot a voting member (list one in --endpoints)", st.Header.MemberId, ep)
+	case st.Leader == 0:
+		return fmt.Errorf("etcd member %x at %s has no leader (partitioned, or its quorum is down), so its data may be stale: snapshot a member that has one (list it in --endpoints)", st.Header.MemberId, ep)
+	}
+	return nil
 }
 
 // connect dials endpoints and asks the first for its status, so that an unreachable
