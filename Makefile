@@ -31,6 +31,7 @@ demo: build tools
 # BENCH_DB_SIZE=1GiB make bench for the large run.
 bench: build tools
 	$(GO) test -run '^$$' -bench . -benchmem ./snapshot/... ./restore/...
+	$(GO) test -run '^$$' -bench BenchmarkDeleteTxn -benchtime 3x -benchmem ./guard/
 	scripts/bench.sh
 	scripts/bench-guard.sh
 	scripts/bench-pitr.sh

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -31,36 +33,50 @@ type Notifier interface {
 	String() string // for logs; never includes secrets in the URL's query
 }
 
-func post(ctx context.Context, client *http.Client, url string, body any) error {
+func post(ctx context.Context, client *http.Client, rawURL string, body any) error {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, rawURL, bytes.NewReader(b))
 	if err != nil {
-		return err
+		return fmt.Errorf("invalid receiver URL %s: check its syntax", redactURL(rawURL))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
+		// http.Client's errors quote the whole URL, secrets included.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			ue.URL = redactURL(rawURL)
+		}
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("%s answered %s: %s", redactURL(url), resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("%s answered %s: %s", redactURL(rawURL), resp.Status, strings.TrimSpace(string(msg)))
 	}
 	return nil
 }
 
-// redactURL drops the path of webhook URLs: Slack's carries its secret token.
+// redactURL keeps only the scheme and host of a receiver's URL: Slack's path carries its
+// token, a query may carry one, and an Alertmanager URL may carry user:password.
 func redactURL(u string) string {
-	if i := strings.Index(u, "://"); i >= 0 {
-		if j := strings.IndexByte(u[i+3:], '/'); j >= 0 {
-			return u[:i+3+j] + "/…"
-		}
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return "(a URL without scheme://)"
 	}
-	return u
+	host, path, hasPath := strings.Cut(rest, "/")
+	if !hasPath {
+		host, _, hasPath = strings.Cut(rest, "?")
+	}
+	if i := strings.LastIndexByte(host, '@'); i >= 0 {
+		host = "***@" + host[i+1:]
+	}
+	if hasPath && path != "" || strings.ContainsRune(rest, '?') {
+		return scheme + "://" + host + "/…"
+	}
+	return scheme + "://" + host
 }
 
 var httpClient = &http.Client{Timeout: 10 * time.Second}
@@ -135,4 +151,4 @@ func (am Alertmanager) Notify(ctx context.Context, alerts []Alert) error {
 	return post(ctx, httpClient, strings.TrimSuffix(am.URL, "/")+"/api/v2/alerts", out)
 }
 
-func (am Alertmanager) String() string { return "alertmanager " + am.URL }
+func (am Alertmanager) String() string { return "alertmanager " + redactURL(am.URL) }

@@ -120,7 +120,9 @@ func decodeRevision(br *bufio.Reader) (Revision, error) {
 	if n > maxEvents {
 		return r, fmt.Errorf("revision %d claims %d events", rev, n)
 	}
-	r.Rev, r.Time, r.Events = int64(rev), time.Unix(0, ns).UTC(), make([]Event, n)
+	// Events, like fields below, are allocated as they arrive: n is not checked until
+	// the segment's sha256 is, so a corrupt n must cost no more than the bytes behind it.
+	r.Rev, r.Time, r.Events = int64(rev), time.Unix(0, ns).UTC(), make([]Event, 0, min(n, 1024))
 	field := func() ([]byte, error) {
 		l, err := binary.ReadUvarint(br)
 		if err != nil {
@@ -143,8 +145,8 @@ func decodeRevision(br *bufio.Reader) (Revision, error) {
 		}
 		return b, nil
 	}
-	for i := range r.Events {
-		ev := &r.Events[i]
+	for range n {
+		var ev Event
 		flags, err := br.ReadByte()
 		if err != nil {
 			return r, unexpected(err)
@@ -153,17 +155,17 @@ func decodeRevision(br *bufio.Reader) (Revision, error) {
 		if ev.Key, err = field(); err != nil {
 			return r, err
 		}
-		if ev.Delete {
-			continue
-		}
-		if ev.Value, err = field(); err != nil {
-			return r, err
-		}
-		for _, p := range []*int64{&ev.CreateRev, &ev.Version, &ev.Lease, &ev.LeaseTTL} {
-			if *p, err = binary.ReadVarint(br); err != nil {
-				return r, unexpected(err)
+		if !ev.Delete {
+			if ev.Value, err = field(); err != nil {
+				return r, err
+			}
+			for _, p := range []*int64{&ev.CreateRev, &ev.Version, &ev.Lease, &ev.LeaseTTL} {
+				if *p, err = binary.ReadVarint(br); err != nil {
+					return r, unexpected(err)
+				}
 			}
 		}
+		r.Events = append(r.Events, ev)
 	}
 	return r, nil
 }

@@ -2,13 +2,17 @@ package delta
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 func sampleRevisions() []Revision {
@@ -108,4 +112,45 @@ func FuzzDecoder(f *testing.F) {
 		}
 		decodeAll(t, bytes.NewReader(data)) // must not panic or allocate without bound
 	})
+}
+
+// A corrupt length is found only by the segment's sha256 at its end, so until then what a
+// length claims must cost no more memory than the bytes that really arrive: a few bytes
+// claiming a 1 GiB value, a 255 MiB one (under maxField) or 16 million events, read
+// through zstd as segments are.
+func TestDecoderAllocationsBoundedBySegment(t *testing.T) {
+	header := segMagic + "\x2a\x02" // revision 42, time 1
+	tests := []struct {
+		name string
+		data string
+	}{
+		{"1 GiB value", header + "\x01\x00\x01k" + string(binary.AppendUvarint(nil, 1<<30)) + "tiny"},
+		{"255 MiB value", header + "\x01\x00\x01k" + string(binary.AppendUvarint(nil, 255<<20)) + "tiny"},
+		{"255 MiB key", header + "\x01\x00" + string(binary.AppendUvarint(nil, 255<<20)) + "tiny"},
+		{"16M events", header + string(binary.AppendUvarint(nil, 1<<24)) + "\x00\x01k\x00"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var frame bytes.Buffer
+			zw, _ := zstd.NewWriter(&frame)
+			zw.Write([]byte(tc.data))
+			zw.Close()
+			zr := zdecoders.Get().(*zstd.Decoder)
+			defer zdecoders.Put(zr)
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			if err := zr.Reset(bytes.NewReader(frame.Bytes())); err != nil {
+				t.Fatal(err)
+			}
+			_, err := decodeAll(t, zr)
+			runtime.ReadMemStats(&after)
+			if err == nil {
+				t.Fatal("a corrupt segment decoded without error")
+			}
+			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4<<20 {
+				t.Fatalf("decoding %d bytes allocated %d MiB (%v)", frame.Len(), alloc>>20, err)
+			}
+		})
+	}
 }

@@ -32,6 +32,9 @@ type Execution struct {
 	Deleted  int64  `json:"deleted"`
 	Revision int64  `json:"revision"` // the revision of the delete
 	SavedTo  string `json:"saved_to"` // the object holding every deleted key and value
+	// DeletedByOthers counts the planned keys someone else deleted between the confirm's
+	// read and its delete: they are not in the saved copy, so undo does not recreate them.
+	DeletedByOthers int64 `json:"deleted_by_others"`
 }
 
 // Confirm executes a plan if it is still exactly right: not expired, of this cluster, its
@@ -50,9 +53,24 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		}
 		return fmt.Errorf("%w: plan %s: %s", ErrRefused, p.ID, msg)
 	}
-	switch state, err := planState(ctx, st, p); {
-	case err != nil:
+	state, err := planState(ctx, st, p)
+	if err != nil {
 		return nil, err
+	}
+	if state == "interrupted" {
+		switch ex, err := settle(ctx, cli, st, p, opts.EtcdUser); {
+		case err != nil:
+			return nil, err
+		case ex != nil:
+			return nil, refuse("it is executed: an earlier confirm deleted %d keys at revision %d and was interrupted before recording it; "+
+				"the keys are saved in %s (`etcdguard guard undo %s` puts them back)", ex.Deleted, ex.Revision, ex.SavedTo, p.ID)
+		case time.Now().After(p.ExpiresAt):
+			state = "expired"
+		default:
+			state = "planned" // an earlier confirm saved the keys but deleted nothing
+		}
+	}
+	switch {
 	case state != "planned":
 		return nil, refuse("it is %s; make a new plan with --dry-run", state)
 	case p.Cluster != opts.Cluster:
@@ -64,45 +82,34 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	}
 
 	// Read the range now, at revision R, and check it key by key against the plan while
-	// saving every key and value.
+	// saving every key, value and lease TTL.
 	saved := deletedKey(p.Cluster, p.ID)
 	sw, err := newEntryWriter(ctx, st, saved)
 	if err != nil {
 		return nil, err
 	}
-	planned := make(chan entry, 256)
-	readErr := make(chan error, 1)
-	rctx, stopReading := context.WithCancel(ctx)
-	defer stopReading()
-	go func() {
-		err := readEntries(rctx, st, planKeysKey(p.Cluster, p.ID), func(e entry) error {
-			select {
-			case planned <- e:
-				return nil
-			case <-rctx.Done():
-				return rctx.Err()
-			}
-		})
-		close(planned)
-		readErr <- err
-	}()
+	nextPlanned, stopReading := streamEntries(ctx, st, planKeysKey(p.Cluster, p.ID))
 	errChanged := errors.New("changed")
+	ttls := map[int64]int64{}
 	var n int64
 	rev, err := scanRange(ctx, cli, p.Range, 0, opts.PageSize, false, func(k []byte, mod int64, val []byte, lease int64) error {
-		want, ok := <-planned
+		want, ok := nextPlanned()
 		if !ok || !bytes.Equal(want.Key, k) || want.Mod != mod {
 			return errChanged
 		}
 		n++
-		return sw.write(entry{Key: k, Mod: mod, Value: val, Lease: lease})
+		ttl, err := leaseTTL(ctx, cli, ttls, lease)
+		if err != nil {
+			return err
+		}
+		return sw.write(entry{Key: k, Mod: mod, Value: val, Lease: lease, TTL: ttl})
 	})
 	if err == nil {
-		if _, more := <-planned; more {
+		if _, more := nextPlanned(); more {
 			err = errChanged // a planned key is gone
 		}
 	}
-	stopReading()
-	if rerr := <-readErr; err == nil && rerr != nil && !errors.Is(rerr, context.Canceled) {
+	if rerr := stopReading(); err == nil && rerr != nil {
 		err = fmt.Errorf("reading plan %s's keys: %w", p.ID, rerr)
 	}
 	if err != nil {
@@ -117,12 +124,15 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	}
 
 	// One transaction: if no key in the range was written after R, delete the range.
+	// The compare cannot see a key deleted after R (it compares the keys that exist), so
+	// the delete's count tells whether the saved copy holds keys someone else deleted.
+	beforeDelete(ctx)
 	resp, err := cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(p.Range.Start), "<", rev+1).WithRange(p.Range.End)).
 		Then(clientv3.OpDelete(p.Range.Start, clientv3.WithRange(p.Range.End))).
 		Commit()
 	if err != nil {
-		return nil, fmt.Errorf("deleting %s: %w (the keys are saved in %s)", p.Range, err, saved)
+		return nil, interrupted(ctx, cli, st, p, opts.EtcdUser, fmt.Errorf("deleting %s: %w", p.Range, err))
 	}
 	if !resp.Succeeded {
 		// Nothing was deleted: drop the saved copy, whose presence means "executed".
@@ -131,14 +141,195 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		}
 		return nil, refuse("a key in the range was written while confirming; nothing was deleted; run --dry-run again")
 	}
-	deleted := resp.Responses[0].GetResponseDeleteRange().Deleted
-	ex := &Execution{PlanID: p.ID, Deleted: deleted, Revision: resp.Header.Revision, SavedTo: saved}
-	if err := markState(ctx, st, p, "executed", ex); err != nil {
-		return ex, fmt.Errorf("deleted %d keys, saved in %s (`etcdguard guard undo %s` puts them back), but recording the plan as executed failed: %w",
-			deleted, saved, p.ID, err)
+	ex := &Execution{PlanID: p.ID, Deleted: resp.Responses[0].GetResponseDeleteRange().Deleted, Revision: resp.Header.Revision, SavedTo: saved}
+	afterDelete(ctx)
+	if ex.Deleted != n {
+		if ex.DeletedByOthers, err = reconcile(ctx, cli, st, p, ex.Revision-1); err != nil {
+			return nil, interrupted(ctx, cli, st, p, opts.EtcdUser, err)
+		}
 	}
-	return ex, record(ctx, st, Event{Event: "confirm", PlanID: p.ID, Cluster: p.Cluster, EtcdUser: opts.EtcdUser, Range: p.Range,
-		Keys: deleted, Result: fmt.Sprintf("deleted %d keys at revision %d; saved to %s", deleted, ex.Revision, saved)})
+	return ex, recordExecuted(ctx, st, p, ex, opts.EtcdUser, "")
+}
+
+// Tests interrupt a confirm here: after the keys are saved, and after etcd deleted them.
+var beforeDelete, afterDelete = func(context.Context) {}, func(context.Context) {}
+
+// recordExecuted marks the plan executed and audits it.
+func recordExecuted(ctx context.Context, st store.Store, p *Plan, ex *Execution, etcdUser, note string) error {
+	if err := markState(ctx, st, p, "executed", ex); err != nil {
+		return fmt.Errorf("deleted %d keys, saved in %s (`etcdguard guard undo %s` puts them back), but recording the plan as executed failed: %w",
+			ex.Deleted, ex.SavedTo, p.ID, err)
+	}
+	return record(ctx, st, Event{Event: "confirm", PlanID: p.ID, Cluster: p.Cluster, EtcdUser: etcdUser, Range: p.Range, Keys: ex.Deleted,
+		Result: fmt.Sprintf("deleted %d keys at revision %d (%d planned keys were deleted by others meanwhile and are not saved); saved to %s%s",
+			ex.Deleted, ex.Revision, ex.DeletedByOthers, ex.SavedTo, note)})
+}
+
+// leaseTTL is the granted TTL of lease (0 for none), asked of etcd once per lease.
+func leaseTTL(ctx context.Context, cli *clientv3.Client, known map[int64]int64, lease int64) (int64, error) {
+	if lease == 0 {
+		return 0, nil
+	}
+	if ttl, ok := known[lease]; ok {
+		return ttl, nil
+	}
+	resp, err := cli.TimeToLive(ctx, clientv3.LeaseID(lease))
+	if err != nil {
+		return 0, fmt.Errorf("reading lease %x: %w", lease, err)
+	}
+	known[lease] = max(resp.GrantedTTL, 1) // a lease gone meanwhile was about to expire its keys
+	return known[lease], nil
+}
+
+// interrupted tells what a confirm that failed after saving the keys left behind, asking
+// etcd whether the delete happened: the request may have reached it before the failure.
+func interrupted(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, etcdUser string, cause error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	saved := deletedKey(p.Cluster, p.ID)
+	switch ex, err := settle(ctx, cli, st, p, etcdUser); {
+	case err != nil:
+		return fmt.Errorf("%w; whether etcd deleted the range is not known (%v): the keys are saved in %s; run `etcdguard del --confirm %s` again, which asks etcd and finishes or deletes",
+			cause, err, saved, p.ID)
+	case ex == nil:
+		return fmt.Errorf("%w; etcd deleted nothing: the keys are saved in %s and the plan can be confirmed again", cause, saved)
+	default:
+		return fmt.Errorf("%w; etcd deleted %d keys at revision %d: the plan is executed, its keys are saved in %s (`etcdguard guard undo %s` puts them back)",
+			cause, ex.Deleted, ex.Revision, saved, p.ID)
+	}
+}
+
+// settle decides from etcd what happened to a plan whose keys were saved but whose
+// execution is not recorded. A key of the plan still in the range with its planned mod
+// revision proves the delete did not run (it deletes the whole range at once). Otherwise
+// the delete is the revision T at which the last such key went: if the range is empty at
+// T and held no later write at T-1, the keys at T-1 are what it deleted, and the saved copy
+// is made to hold exactly them and the plan recorded executed. It returns nil when
+// nothing of the plan's was deleted by it.
+func settle(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, etcdUser string) (*Execution, error) {
+	if p.KeyCount == 0 {
+		return nil, nil
+	}
+	planned := func(rev int64) (bool, error) {
+		return inRange(ctx, cli, p.Range, rev, clientv3.WithMaxModRev(p.Revision))
+	}
+	now, err := cli.Get(ctx, p.Range.Start, clientv3.WithCountOnly())
+	if err != nil {
+		return nil, fmt.Errorf("asking etcd whether plan %s's delete ran: %w", p.ID, err)
+	}
+	lo, hi := p.Revision, now.Header.Revision // planned at lo, gone at hi (if gone at all)
+	if left, err := planned(hi); err != nil || left {
+		return nil, err
+	}
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		left, err := planned(mid)
+		if err != nil {
+			return nil, fmt.Errorf("finding the revision that deleted plan %s's keys: %w", p.ID, err)
+		}
+		if left {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	later, err := inRange(ctx, cli, p.Range, lo, clientv3.WithMinModRev(p.Revision+1))
+	if err != nil {
+		return nil, err
+	}
+	emptied, err := cli.Get(ctx, p.Range.Start, clientv3.WithRange(p.Range.End), clientv3.WithRev(hi), clientv3.WithCountOnly())
+	if err != nil {
+		return nil, err
+	}
+	if later || emptied.Count != 0 {
+		return nil, nil // others changed or deleted the keys; the plan's delete removed none
+	}
+	ex := &Execution{PlanID: p.ID, Revision: hi, SavedTo: deletedKey(p.Cluster, p.ID)}
+	at, err := cli.Get(ctx, p.Range.Start, clientv3.WithRange(p.Range.End), clientv3.WithRev(lo), clientv3.WithCountOnly())
+	if err != nil {
+		return nil, err
+	}
+	ex.Deleted = at.Count
+	if ex.DeletedByOthers, err = reconcile(ctx, cli, st, p, lo); err != nil {
+		return nil, err
+	}
+	return ex, recordExecuted(ctx, st, p, ex, etcdUser, "; found after an interrupted confirm")
+}
+
+// inRange reports whether the range holds a key at rev (0: now) that passes the filter.
+func inRange(ctx context.Context, cli *clientv3.Client, r Range, rev int64, filter clientv3.OpOption) (bool, error) {
+	resp, err := cli.Get(ctx, r.Start, clientv3.WithRange(r.End), clientv3.WithRev(rev), filter, clientv3.WithKeysOnly(), clientv3.WithLimit(1))
+	if err != nil {
+		return false, fmt.Errorf("reading %s at revision %d: %w", r, rev, err)
+	}
+	return len(resp.Kvs) > 0, nil
+}
+
+// reconcile makes the saved copy hold exactly the keys in the range at rev, the revision
+// before the delete, dropping the saved keys that others deleted between the confirm's
+// read and the delete; it returns how many it dropped. The copy is rewritten through a
+// temporary object, as a store cannot read and replace one object at once.
+func reconcile(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, rev int64) (int64, error) {
+	saved := deletedKey(p.Cluster, p.ID)
+	tmp := saved + ".reconciling"
+	var dropped int64
+	err := copyEntries(ctx, st, saved, tmp, func(next func() (entry, bool), write func(entry) error) error {
+		_, err := scanRange(ctx, cli, p.Range, rev, 0, true, func(k []byte, _ int64, _ []byte, _ int64) error {
+			for {
+				e, ok := next()
+				if !ok {
+					return fmt.Errorf("%q was deleted at revision %d but is not in the saved copy %s", k, rev+1, saved)
+				}
+				if bytes.Equal(e.Key, k) {
+					return write(e)
+				}
+				dropped++
+			}
+		})
+		if err != nil {
+			return err
+		}
+		for _, ok := next(); ok; _, ok = next() {
+			dropped++
+		}
+		return nil
+	})
+	if err == nil {
+		err = copyEntries(ctx, st, tmp, saved, func(next func() (entry, bool), write func(entry) error) error {
+			for e, ok := next(); ok; e, ok = next() {
+				if err := write(e); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if derr := st.Delete(context.WithoutCancel(ctx), tmp); derr != nil {
+		slog.WarnContext(ctx, "could not remove a temporary copy of saved keys", "object", tmp, "err", derr)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("removing from %s the keys others deleted before revision %d: %w", saved, rev+1, err)
+	}
+	slog.InfoContext(ctx, "saved copy reconciled with the delete", "plan", p.ID, "deleted_by_others", dropped)
+	return dropped, nil
+}
+
+// copyEntries writes to the object to what fn writes while reading the object from.
+func copyEntries(ctx context.Context, st store.Store, from, to string, fn func(next func() (entry, bool), write func(entry) error) error) error {
+	w, err := newEntryWriter(ctx, st, to)
+	if err != nil {
+		return err
+	}
+	next, stop := streamEntries(ctx, st, from)
+	err = fn(next, w.write)
+	if serr := stop(); err == nil {
+		err = serr
+	}
+	if err != nil {
+		w.Abort(err)
+		return err
+	}
+	return w.Close()
 }
 
 // Keys go back in transactions of at most undoBatch keys (etcd allows 128 operations) and
@@ -157,18 +348,58 @@ type UndoResult struct {
 }
 
 // Undo puts an executed plan's saved keys back, never overwriting a key that exists now.
-// Keys come back without their lease: the lease they had may be gone.
+// A key that had a lease gets it back if it still exists, else a new lease with the TTL
+// it had, so restored Events and the like still expire.
 func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id, etcdUser string) (*UndoResult, error) {
 	p, err := LoadPlan(ctx, st, cluster, id)
 	if err != nil {
 		return nil, err
 	}
-	if state, err := planState(ctx, st, p); err != nil {
+	state, err := planState(ctx, st, p)
+	if err != nil {
 		return nil, err
-	} else if state != "executed" {
+	}
+	if state == "interrupted" {
+		switch ex, err := settle(ctx, cli, st, p, etcdUser); {
+		case err != nil:
+			return nil, err
+		case ex == nil:
+			return nil, fmt.Errorf("%w: plan %s was never executed: a confirm saved its keys and was interrupted before etcd deleted them; there is nothing to undo", ErrRefused, id)
+		}
+		state = "executed"
+	}
+	if state != "executed" {
 		return nil, fmt.Errorf("%w: plan %s is %s, not executed: there is nothing to undo", ErrRefused, id, state)
 	}
 	res := &UndoResult{PlanID: id, Conflicts: []string{}}
+	leases := map[int64]clientv3.LeaseID{} // saved lease -> the lease to put back with
+	leaseFor := func(e entry) ([]clientv3.OpOption, error) {
+		if e.Lease == 0 {
+			return nil, nil
+		}
+		id, ok := leases[e.Lease]
+		if !ok {
+			ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(e.Lease))
+			if err != nil {
+				return nil, fmt.Errorf("reading lease %x of %q: %w", e.Lease, e.Key, err)
+			}
+			id = clientv3.LeaseID(e.Lease)
+			switch {
+			case ttl.TTL > 0:
+			case e.TTL <= 0: // saved before TTLs were: all that can be done is what undo did then
+				slog.WarnContext(ctx, "a lease is gone and its TTL was not saved; its keys come back without a lease", "lease", fmt.Sprintf("%x", e.Lease), "plan", p.ID)
+				id = clientv3.NoLease
+			default:
+				g, err := cli.Grant(ctx, e.TTL)
+				if err != nil {
+					return nil, fmt.Errorf("granting a %ds lease for %q, whose lease %x is gone: %w", e.TTL, e.Key, e.Lease, err)
+				}
+				id = g.ID
+			}
+			leases[e.Lease] = id
+		}
+		return []clientv3.OpOption{clientv3.WithLease(id)}, nil
+	}
 	var batch []entry
 	var batchBytes int
 	flush := func() error {
@@ -180,8 +411,12 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 		// case); key by key otherwise, to find the conflicts.
 		cmps, puts := make([]clientv3.Cmp, len(batch)), make([]clientv3.Op, len(batch))
 		for i, e := range batch {
+			lease, err := leaseFor(e)
+			if err != nil {
+				return err
+			}
 			cmps[i] = clientv3.Compare(clientv3.CreateRevision(string(e.Key)), "=", 0)
-			puts[i] = clientv3.OpPut(string(e.Key), string(e.Value))
+			puts[i] = clientv3.OpPut(string(e.Key), string(e.Value), lease...)
 		}
 		resp, err := cli.Txn(ctx).If(cmps...).Then(puts...).Commit()
 		if err != nil {
@@ -231,7 +466,9 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 // PlanInfo is a plan and its state, for `guard plans`.
 type PlanInfo struct {
 	*Plan
-	State string `json:"state"` // planned, executed, undone, expired
+	// planned, executed, undone, expired, or interrupted: a confirm saved the keys and
+	// stopped before recording the delete; the next confirm or undo asks etcd which it was.
+	State string `json:"state"`
 }
 
 // Plans lists the cluster's plans, newest first.
@@ -270,10 +507,10 @@ func planState(ctx context.Context, st store.Store, p *Plan) (string, error) {
 			return "", err
 		}
 	}
-	// The saved keys exist only once a delete ran (a refused one removes them), so they
-	// also mark a plan executed whose state record could not be written.
+	// Saved keys without a record of the delete: the confirm stopped between saving them
+	// and recording the delete, which may or may not have happened; settle asks etcd.
 	if _, err := st.Stat(ctx, deletedKey(p.Cluster, p.ID)); err == nil {
-		return "executed", nil
+		return "interrupted", nil
 	} else if !errors.Is(err, store.ErrNotExist) {
 		return "", err
 	}

@@ -20,6 +20,9 @@ type entry struct {
 	Mod   int64  `json:"m"`
 	Value []byte `json:"v,omitempty"`
 	Lease int64  `json:"l,omitempty"`
+	// TTL is the granted TTL of Lease when the key was deleted, so undo can give the key
+	// a lease again if Lease is gone by then.
+	TTL int64 `json:"t,omitempty"`
 }
 
 // entryWriter streams entries as zstd-compressed JSON lines into a store object, so a plan
@@ -90,4 +93,36 @@ func readEntries(ctx context.Context, st store.Store, key string, fn func(entry)
 			return err
 		}
 	}
+}
+
+// streamEntries reads the object's entries in the background: next returns the following
+// one (false at the end or on an error), stop ends the reading and returns its error.
+func streamEntries(ctx context.Context, st store.Store, key string) (next func() (entry, bool), stop func() error) {
+	ch := make(chan entry, 256)
+	errc := make(chan error, 1)
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		err := readEntries(ctx, st, key, func(e entry) error {
+			select {
+			case ch <- e:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		close(ch)
+		errc <- err
+	}()
+	next = func() (entry, bool) {
+		e, ok := <-ch
+		return e, ok
+	}
+	stop = func() error {
+		cancel()
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			return err
+		}
+		return nil
+	}
+	return next, stop
 }

@@ -381,15 +381,18 @@ func syncDir(dir string) error {
 // dir already holds the membership, so these flags must match it; client URLs and TLS
 // flags stay as the member had them.
 func startCommand(mem Member, opts Options) []string {
-	urls := strings.Join(mem.PeerURLs, ",")
 	cmd := []string{"etcd", "--name", mem.Name, "--data-dir", mem.DataDir}
 	if mem.WALDir != "" {
 		cmd = append(cmd, "--wal-dir", mem.WALDir)
+	}
+	listen := make([]string, len(mem.PeerURLs))
+	for i, u := range mem.PeerURLs {
+		listen[i] = bindURL(u)
 	}
 	return append(cmd,
 		"--initial-cluster", opts.InitialCluster,
 		"--initial-cluster-token", opts.Token,
 		"--initial-cluster-state", "new",
-		"--initial-advertise-peer-urls", urls,
-		"--listen-peer-urls", urls)
+		"--initial-advertise-peer-urls", strings.Join(mem.PeerURLs, ","),
+		"--listen-peer-urls", strings.Join(listen, ","))
 }

@@ -117,6 +117,9 @@ func runDel(ctx context.Context, g *globalOptions, o *delOptions, args []string)
 	}
 	fmt.Fprintf(g.stdout, "deleted %d keys in %s at revision %d (plan %s)\nevery deleted key and value is saved in %s; to put them back: etcdguard guard undo %s\n",
 		ex.Deleted, p.Range, ex.Revision, ex.PlanID, ex.SavedTo, ex.PlanID)
+	if ex.DeletedByOthers > 0 {
+		fmt.Fprintf(g.stdout, "%d planned keys were deleted by someone else while confirming; they are not saved, and undo will not recreate them\n", ex.DeletedByOthers)
+	}
 	return nil
 }
 

@@ -81,9 +81,22 @@ func TestCLIErrors(t *testing.T) {
 }
 
 func TestPasswordFlagWarns(t *testing.T) {
-	r := run(t, nil, "snapshot", "list", "--password", "hunter2", "--store", "file://"+t.TempDir())
-	if !strings.Contains(r.stderr, "visible in process listings") || strings.Contains(r.stderr, "hunter2") {
-		t.Errorf("stderr %q: want a warning without the password", r.stderr)
+	tests := []struct {
+		name string
+		args []string
+		warn bool
+	}{
+		{"--password", []string{"--password", "hunter2"}, true},
+		{"--user name:password", []string{"--user", "root:hunter2"}, true},
+		{"--user name", []string{"--user", "root"}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := run(t, nil, append([]string{"snapshot", "list", "--store", "file://" + t.TempDir()}, tc.args...)...)
+			if strings.Contains(r.stderr, "visible in process listings") != tc.warn || strings.Contains(r.stderr, "hunter2") {
+				t.Errorf("stderr %q: want a warning (%v) without the password", r.stderr, tc.warn)
+			}
+		})
 	}
 }
 

@@ -50,10 +50,16 @@ func runGuardPlans(ctx context.Context, g *globalOptions) error {
 		return printJSON(g.stdout, plans)
 	}
 	rows := [][]string{{"PLAN", "STATE", "CREATED", "KEYS", "WARNINGS", "RANGE"}}
+	interrupted := false
 	for _, p := range plans {
 		rows = append(rows, []string{p.ID, p.State, p.CreatedAt.Format(time.RFC3339), fmt.Sprint(p.KeyCount), fmt.Sprint(len(p.Warnings)), p.Range.String()})
+		interrupted = interrupted || p.State == "interrupted"
 	}
-	return table(g.stdout, rows)
+	if err := table(g.stdout, rows); err != nil || !interrupted {
+		return err
+	}
+	_, err = fmt.Fprintln(g.stdout, "interrupted: a confirm saved the keys and stopped before recording the delete; `del --confirm PLAN` or `guard undo PLAN` asks etcd whether it happened and finishes")
+	return err
 }
 
 func runGuardUndo(ctx context.Context, g *globalOptions, id string) error {

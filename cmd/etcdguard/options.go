@@ -77,6 +77,9 @@ func (g *globalOptions) setup(cmd *cobra.Command) error {
 	if pw := cmd.Flags().Lookup("password"); pw != nil && pw.Changed {
 		fmt.Fprintln(g.stderr, "warning: --password on the command line is visible in process listings; use ETCDCTL_PASSWORD or the config file")
 	}
+	if u := cmd.Flags().Lookup("user"); u != nil && u.Changed && strings.Contains(u.Value.String(), ":") {
+		fmt.Fprintln(g.stderr, "warning: --user name:password on the command line is visible in process listings; use ETCDCTL_USER or the config file")
+	}
 	cfgFile := g.config
 	if cfgFile == "" {
 		cfgFile = os.Getenv("ETCDGUARD_CONFIG")
