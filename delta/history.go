@@ -243,20 +243,25 @@ func Tail(ctx context.Context, cli *clientv3.Client, rev int64) []snapshot.TailK
 	wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 5*time.Second)
 	defer cancel()
 	wch := cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(rev))
-	// A progress notification comes only once the watch has caught up: if it comes first,
-	// nothing was written at rev or after.
-	_ = cli.RequestProgress(wctx)
-	for resp := range wch {
-		if resp.Err() != nil || resp.IsProgressNotify() {
-			return nil
-		}
-		revs := FromWatch(resp, time.Time{})
-		if len(revs) > 0 && revs[0].Rev == rev {
-			return tailOf(revs[0])
-		}
-		if len(revs) > 0 {
-			return nil
+	// A progress notification comes only once the watch has caught up (etcd ignores the
+	// request until then, so it is repeated): if it comes first, nothing was written at
+	// rev or after.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			_ = cli.RequestProgress(wctx)
+		case resp, ok := <-wch:
+			if !ok || resp.Err() != nil || resp.IsProgressNotify() {
+				return nil
+			}
+			if revs := FromWatch(resp, time.Time{}); len(revs) > 0 {
+				if revs[0].Rev != rev {
+					return nil
+				}
+				return tailOf(revs[0])
+			}
 		}
 	}
-	return nil
 }
