@@ -220,24 +220,30 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, id Identi
 // before histories ("" history) are listed whole.
 func Segments(ctx context.Context, st store.Store, cluster, history string, after int64, last func(*Manifest) bool) ([]*Manifest, error) {
 	var out []*Manifest
-	keep := func(m *Manifest) bool {
-		if m.ToRev <= after {
-			return true
-		}
+	err := walkSegments(ctx, st, cluster, history, after, func(m *Manifest) bool {
 		out = append(out, m)
 		return last == nil || !last(m)
+	})
+	return out, err
+}
+
+// walkSegments calls fn with the segments of history that end after revision after, in
+// revision order, until fn returns false; only one page of them is in memory at a time.
+func walkSegments(ctx context.Context, st store.Store, cluster, history string, after int64, fn func(*Manifest) bool) error {
+	keep := func(m *Manifest) bool {
+		return m.ToRev <= after || fn(m)
 	}
 	if history == "" {
 		segs, err := legacySegments(ctx, st, cluster)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, m := range segs {
 			if !keep(m) {
 				break
 			}
 		}
-		return out, nil
+		return nil
 	}
 	dir := historyPrefix(cluster, history)
 	err := store.Walk(ctx, st, dir, dir+fmt.Sprintf("%020d~", max(after, 0)), func(o store.ObjectInfo) bool {
@@ -251,9 +257,9 @@ func Segments(ctx context.Context, st store.Store, cluster, history string, afte
 		return keep(m)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("listing delta segments of history %s: %w", history, err)
+		return fmt.Errorf("listing delta segments of history %s: %w", history, err)
 	}
-	return out, nil
+	return nil
 }
 
 // legacySegments lists the segments written before histories, whole.

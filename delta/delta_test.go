@@ -485,3 +485,49 @@ func TestSegmentsAndSummaries(t *testing.T) {
 		t.Fatalf("mismatched manifest: %v", err)
 	}
 }
+
+// A snapshot taken while capture was down is newer than the last segment: capture resumes
+// right after the segment while etcd still holds those revisions, leaving no gap, instead of
+// jumping to the snapshot.
+func TestResumeFromLastSegmentBeforeNewerSnapshot(t *testing.T) {
+	ctx := context.Background()
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	st := must(file.Open(t.TempDir()))
+	must(cli.Put(ctx, "/registry/a", "0"))
+	take := snapshots(t, cli, st)
+	s0 := must(take(ctx, h1.History))
+	var last int64
+	for i := range 10 {
+		last = must(cli.Put(ctx, fmt.Sprintf("/registry/a%d", i), "1")).Header.Revision
+	}
+	id := Identity{History: s0.History, ClusterID: s0.ClusterID, RaftIndex: s0.RaftIndex}
+	must(WriteSegment(ctx, st, "c1", id, capture(t, cli, s0.Revision, last)))
+	for i := range 10 { // while no capture runs
+		must(cli.Put(ctx, fmt.Sprintf("/registry/b%d", i), "2"))
+	}
+	s1 := must(take(ctx, h1.History))
+	after := must(cli.Put(ctx, "/registry/c", "3")).Header.Revision
+
+	cctx, cancel := context.WithCancel(ctx)
+	c := &Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: 50 * time.Millisecond, Snapshot: take}
+	done := make(chan struct{})
+	go func() { c.Run(cctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		segs := must(Segments(ctx, st, "c1", h1.History, 0, nil))
+		if segs[len(segs)-1].ToRev >= after {
+			if len(Gaps(segs)) != 0 || segs[1].FromRev != last+1 {
+				t.Fatalf("capture resumed at %d with gaps %v; want right after the segment (%d), not after the newer snapshot (%d)",
+					segs[1].FromRev, Gaps(segs), last, s1.Revision)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("capture did not store the revisions after the snapshot")
+		}
+	}
+	if snaps := must(snapshot.List(ctx, st, "c1")); len(snaps) != 2 {
+		t.Fatalf("capture took another snapshot: %d", len(snaps))
+	}
+}

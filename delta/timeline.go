@@ -21,6 +21,8 @@ type Span struct {
 	FromTime time.Time `json:"from_time,omitzero"`
 	ToTime   time.Time `json:"to_time,omitzero"`
 	Detail   string    `json:"detail"`
+
+	segments int // of a deltas run
 }
 
 // Window is the range of revisions and times a restore can reach in one history.
@@ -32,12 +34,24 @@ type Window struct {
 	LastTime  time.Time `json:"last_time"`
 }
 
-// Stored is what a timeline is made of: every snapshot, and per history the segments from
-// its oldest snapshot on and how far capture observed it.
+// Stored is what a timeline is made of: every snapshot, and per history the runs of
+// chained segments from its oldest snapshot on and how far capture observed it. Runs, not
+// segments: a month at a 5 s flush is half a million segments, and a timeline needs only
+// where they chain and where they do not.
 type Stored struct {
 	Snapshots []*snapshot.Manifest
-	Segments  map[string][]*Manifest // by history, in revision order
-	Observed  map[string]*Observed   // by history
+	Runs      map[string][]Span    // by history, in revision order; Kind "deltas"
+	Observed  map[string]*Observed // by history
+}
+
+// addRun extends the last run with m if m chains onto it, else starts a new run.
+func addRun(runs []Span, m *Manifest) []Span {
+	if n := len(runs); n > 0 && runs[n-1].ToRev+1 == m.FromRev {
+		r := &runs[n-1]
+		r.ToRev, r.ToTime, r.segments = m.ToRev, m.LastTime, r.segments+1
+		return runs
+	}
+	return append(runs, Span{Kind: "deltas", History: m.History, FromRev: m.FromRev, ToRev: m.ToRev, FromTime: m.FirstTime, ToTime: m.LastTime, segments: 1})
 }
 
 // Load reads what the cluster's timeline needs: the segments a snapshot can reach (from
@@ -47,7 +61,7 @@ func Load(ctx context.Context, st store.Store, cluster string) (*Stored, error) 
 	if err != nil {
 		return nil, err
 	}
-	s := &Stored{Snapshots: snaps, Segments: map[string][]*Manifest{}, Observed: map[string]*Observed{}}
+	s := &Stored{Snapshots: snaps, Runs: map[string][]Span{}, Observed: map[string]*Observed{}}
 	oldest := map[string]int64{}
 	for _, m := range snaps {
 		if r, ok := oldest[m.History]; !ok || m.Revision < r {
@@ -55,9 +69,11 @@ func Load(ctx context.Context, st store.Store, cluster string) (*Stored, error) 
 		}
 	}
 	for h, after := range oldest {
-		if s.Segments[h], err = Segments(ctx, st, cluster, h, after, nil); err != nil {
+		var runs []Span
+		if err := walkSegments(ctx, st, cluster, h, after, func(m *Manifest) bool { runs = addRun(runs, m); return true }); err != nil {
 			return nil, err
 		}
+		s.Runs[h] = runs
 		if s.Observed[h], err = ReadObserved(ctx, st, cluster, h); err != nil {
 			return nil, err
 		}
@@ -91,26 +107,19 @@ func Timeline(s *Stored) ([]Span, []Window) {
 	var spans []Span
 	var windows []Window
 	for n, h := range hs {
-		segs := s.Segments[h.id]
+		runs := s.Runs[h.id]
 		var own []Span
 		for _, m := range h.snaps {
 			own = append(own, Span{Kind: "snapshot", History: h.id, ToRev: m.Revision, ToTime: m.CreatedAt, Detail: m.ID})
 		}
-		var runs []Span // chained segments
-		for i := 0; i < len(segs); {
-			j := i
-			for j+1 < len(segs) && segs[j+1].FromRev == segs[j].ToRev+1 {
-				j++
-			}
-			runs = append(runs, Span{Kind: "deltas", History: h.id, FromRev: segs[i].FromRev, ToRev: segs[j].ToRev, FromTime: segs[i].FirstTime,
-				ToTime: segs[j].LastTime, Detail: plural(j-i+1, "segment")})
-			if j+1 < len(segs) {
-				own = append(own, Span{Kind: "gap", History: h.id, FromRev: segs[j].ToRev + 1, ToRev: segs[j+1].FromRev - 1,
+		for i, r := range runs {
+			r.Detail = plural(r.segments, "segment")
+			own = append(own, r)
+			if i+1 < len(runs) {
+				own = append(own, Span{Kind: "gap", History: h.id, FromRev: r.ToRev + 1, ToRev: runs[i+1].FromRev - 1,
 					Detail: "revisions missing from the deltas: points in here are reachable only from a later snapshot"})
 			}
-			i = j + 1
 		}
-		own = append(own, runs...)
 		sortSpans(own)
 		if n > 0 || h.id != "" {
 			spans = append(spans, Span{Kind: "history", History: h.id, FromTime: h.start, Detail: historyDetail(n)})

@@ -20,7 +20,7 @@ func TestTimeline(t *testing.T) {
 		{FromRev: 701, ToRev: 800, FirstTime: at(91), LastTime: at(99)},
 	}
 	stored := func(snaps []*snapshot.Manifest, segs []*Manifest) *Stored {
-		return &Stored{Snapshots: snaps, Segments: map[string][]*Manifest{"": segs}}
+		return &Stored{Snapshots: snaps, Runs: map[string][]Span{"": runsOf(segs)}}
 	}
 	spans, ws := Timeline(stored(snaps, segs))
 	w := ws[0]
@@ -58,9 +58,9 @@ func TestTimelineHistories(t *testing.T) {
 			{ID: "s3", Revision: 120, CreatedAt: at(61), History: cur}, // restored to 120, below what the old history reached
 			{ID: "s1", Revision: 100, CreatedAt: at(0), History: old},
 		},
-		Segments: map[string][]*Manifest{
-			old: {{History: old, FromRev: 101, ToRev: 300, FirstTime: at(1), LastTime: at(50)}},
-			cur: {{History: cur, FromRev: 121, ToRev: 130, FirstTime: at(62), LastTime: at(63)}},
+		Runs: map[string][]Span{
+			old: runsOf([]*Manifest{{History: old, FromRev: 101, ToRev: 300, FirstTime: at(1), LastTime: at(50)}}),
+			cur: runsOf([]*Manifest{{History: cur, FromRev: 121, ToRev: 130, FirstTime: at(62), LastTime: at(63)}}),
 		},
 		Observed: map[string]*Observed{cur: {History: cur, Revision: 130, Time: at(90)}},
 	}
@@ -75,4 +75,12 @@ func TestTimelineHistories(t *testing.T) {
 	if len(ws) != 2 || ws[0].History != old || ws[0].LastRev != 300 || ws[1].History != cur || ws[1].LastRev != 130 || !ws[1].LastTime.Equal(at(90)) {
 		t.Fatalf("windows %+v", ws)
 	}
+}
+
+func runsOf(segs []*Manifest) []Span {
+	var runs []Span
+	for _, m := range segs {
+		runs = addRun(runs, m)
+	}
+	return runs
 }

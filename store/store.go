@@ -126,8 +126,10 @@ func Redact(rawURL string) string {
 // Walk calls fn for each object under prefix that sorts after the key after, in key order,
 // one page of ListAfter at a time, until fn returns false or the objects run out.
 func Walk(ctx context.Context, st Store, prefix, after string, fn func(ObjectInfo) (more bool)) error {
-	const page = 1000
-	for {
+	// Pages grow: a caller that needs a few objects lists a few, and one that reads a long
+	// listing makes few calls (a directory store reads the whole directory on each).
+	page := 1000
+	for ; ; page = min(2*page, 16<<10) {
 		objs, err := st.ListAfter(ctx, prefix, after, page)
 		if err != nil {
 			return err

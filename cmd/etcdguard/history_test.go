@@ -169,6 +169,20 @@ func TestE2EHistoriesAcrossRestores(t *testing.T) {
 	restoreEquals(t, storeURL, z1State, "--revision", fmt.Sprint(z1))
 	restoreEquals(t, storeURL, qState, "--revision", fmt.Sprint(q), "--history", h2)
 
+	// Idle: nothing written for a few seconds; a point a second ago is still exact, because
+	// capture records how far it saw etcd. A point past that is refused, writing nothing.
+	time.Sleep(3 * time.Second)
+	restoreEquals(t, storeURL, stateAt(z), "--at", time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano))
+	future := filepath.Join(t.TempDir(), "future", "m1.etcd")
+	r = run(t, nil, "restore", "--store", storeURL, "--at", time.Now().Add(time.Hour).UTC().Format(time.RFC3339), "--name", "m1",
+		"--initial-cluster", "m1="+peerURL, "--data-dir", future)
+	if line := r.errorLine(t); r.code != exitRefused || !strings.Contains(line, fmt.Sprintf("latest reachable point from snapshot %s is revision %d", h3snap.ID, z)) {
+		t.Fatalf("restore --at an hour ahead: exit %d, %q", r.code, line)
+	}
+	if _, err := os.Stat(filepath.Dir(future)); !os.IsNotExist(err) {
+		t.Fatalf("the refused restore left %s: %v", filepath.Dir(future), err)
+	}
+
 	// The timeline and the snapshot list show the boundaries; a restore is not a loss of
 	// deltas, so nothing counted toward EtcdDeltaGap.
 	r = run(t, nil, "timeline", "--store", storeURL)
