@@ -32,7 +32,7 @@ demo: build tools
 bench: build tools
 	$(GO) test -run '^$$' -bench . -benchmem ./snapshot/... ./restore/...
 	$(GO) test -run '^$$' -bench BenchmarkDeleteTxn -benchtime 3x -benchmem ./guard/
-	$(GO) test -run '^$$$$' -bench BenchmarkMonthOfSegments -benchtime 3x ./delta/
+	$(GO) test -run '^$$' -bench BenchmarkMonthOfSegments -benchtime 3x ./delta/
 	scripts/bench.sh
 	scripts/bench-guard.sh
 	scripts/bench-pitr.sh
