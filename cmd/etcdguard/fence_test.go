@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,16 +23,26 @@ import (
 	s3store "github.com/etcdguard/etcdguard/store/s3"
 )
 
-// throttle forwards loopback connections to target, passing at most bytesPerSec from the
-// client to the server on each connection, so an upload of a few MiB takes seconds.
-func throttle(t *testing.T, target string, bytesPerSec int) string {
+// s3Proxy forwards loopback connections to an S3 server, passing at most bytesPerSec from
+// the client on each connection (0: unlimited), so an upload of a few MiB takes seconds.
+// Once hang is set it stops answering: connections are accepted and read, never replied
+// to, like a store behind a broken load balancer.
+type s3Proxy struct {
+	URL  string
+	hang atomic.Bool
+}
+
+func startS3Proxy(t *testing.T, target string, bytesPerSec int) *s3Proxy {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	p := &s3Proxy{URL: "http://" + l.Addr().String()}
 	var conns sync.WaitGroup
-	t.Cleanup(func() { l.Close(); conns.Wait() })
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done); l.Close(); conns.Wait() })
+	target = strings.TrimPrefix(target, "http://")
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -40,24 +51,43 @@ func throttle(t *testing.T, target string, bytesPerSec int) string {
 			}
 			conns.Go(func() {
 				defer c.Close()
+				go func() { <-done; c.Close() }()
 				s, err := net.Dial("tcp", target)
 				if err != nil {
 					return
 				}
 				defer s.Close()
-				go func() { io.Copy(c, s); c.Close() }()
-				chunk := bytesPerSec / 20
+				go func() {
+					buf := make([]byte, 32<<10)
+					for {
+						n, err := s.Read(buf)
+						if p.hang.Load() || err != nil {
+							return // the client waits for an answer that never comes
+						}
+						c.Write(buf[:n])
+					}
+				}()
+				chunk := int64(32 << 10)
+				if bytesPerSec > 0 {
+					chunk = int64(bytesPerSec / 20)
+				}
 				for {
-					if _, err := io.CopyN(s, c, int64(chunk)); err != nil {
+					if p.hang.Load() {
+						io.Copy(io.Discard, c)
+						return
+					}
+					if _, err := io.CopyN(s, c, chunk); err != nil {
 						s.(*net.TCPConn).CloseWrite()
 						return
 					}
-					time.Sleep(50 * time.Millisecond)
+					if bytesPerSec > 0 {
+						time.Sleep(50 * time.Millisecond)
+					}
 				}
 			})
 		}
 	}()
-	return "http://" + l.Addr().String()
+	return p
 }
 
 type daemonProc struct {
@@ -116,7 +146,7 @@ func TestE2EDaemonFencedAfterSIGSTOP(t *testing.T) {
 	})
 	t.Cleanup(func() { stopWrites(); writes.Wait() })
 
-	endpoint := throttle(t, strings.TrimPrefix(srv.Endpoint, "http://"), 6<<20)
+	endpoint := startS3Proxy(t, srv.Endpoint, 6<<20).URL
 	const ttl = 2 * time.Second
 	ports := testharness.FreePorts(t, 2)
 	var ds []*daemonProc
@@ -214,4 +244,65 @@ func TestE2EDaemonFencedAfterSIGSTOP(t *testing.T) {
 		}
 	}
 	t.Logf("%d snapshots, %d delta segments", len(ms), len(segs))
+}
+
+// A store that accepts connections and never answers: a CLI command fails with one clear
+// line instead of hanging, and a daemon whose upload hangs exits within the 30s grace
+// period of deploy/static-pod.yaml after SIGTERM.
+func TestE2EHungStore(t *testing.T) {
+	srv := testharness.StartVersityGW(t)
+	proxy := startS3Proxy(t, srv.Endpoint, 0)
+	env := append(srv.Env(), "ETCDGUARD_S3_ENDPOINT="+proxy.URL, "ETCDGUARD_STORE_TIMEOUT=2s")
+
+	// The daemon first, while the store still answers.
+	e := testharness.StartEtcd(t)
+	if _, err := loadgen.LoadK8sKeyspace(context.Background(), e.Client(t), loadgen.Options{TargetBytes: 32 << 20, ValueSize: 16 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, env, "", "--cluster", "prod", "--store", srv.URL(""), "--endpoints", e.Endpoints[0],
+		"--schedule", "@every 1s", "--election-ttl", "2s", "--compression", "none", "--s3-part-size", "5MiB", "--s3-concurrency", "1")
+	deadline := time.Now().Add(30 * time.Second)
+	for len(srv.OpenUploads(t)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no upload started within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	proxy.hang.Store(true)
+	time.Sleep(time.Second)
+	start := time.Now()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- d.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		t.Logf("daemon exited %s after SIGTERM: %v", time.Since(start).Round(time.Millisecond), err)
+		if took := time.Since(start); took > 25*time.Second {
+			t.Errorf("the daemon took %s to exit after SIGTERM: more than the 30s grace period allows", took)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("the daemon did not exit within 40s of SIGTERM against a hung store")
+	}
+
+	for _, args := range [][]string{
+		{"snapshot", "list", "--store", srv.URL(""), "--cluster", "prod"},
+		{"check", "--store", srv.URL(""), "--cluster", "prod"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, etcdguardBin, args...)
+			cmd.Env = append(env, "PATH="+os.Getenv("PATH"), "HOME="+t.TempDir())
+			start := time.Now()
+			out, _ := cmd.CombinedOutput()
+			if ctx.Err() != nil {
+				t.Fatalf("%v still hung after 30s: %s", args, out)
+			}
+			code := cmd.ProcessState.ExitCode()
+			t.Logf("%v: exit %d after %s: %s", args, code, time.Since(start).Round(time.Millisecond), out)
+			if code == 0 || !strings.Contains(string(out), "stopped answering") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+				t.Errorf("%v: exit %d, want one line saying the store stopped answering: %s", args, code, out)
+			}
+		})
+	}
 }
