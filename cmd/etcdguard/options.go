@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,12 +25,14 @@ type globalOptions struct {
 	etcd      etcdclient.Config
 	storeURL  string
 	storeOpts store.Options
-	partSize  string
-	cluster   string
-	output    string
-	logFormat string
-	logLevel  string
-	config    string
+	// storeTimeout bounds every store call without progress (store.WrapOptions.Timeout).
+	storeTimeout time.Duration
+	partSize     string
+	cluster      string
+	output       string
+	logFormat    string
+	logLevel     string
+	config       string
 
 	stdout io.Writer
 	stderr io.Writer
@@ -58,6 +61,7 @@ func (g *globalOptions) addFlags(root *cobra.Command) {
 	f.StringVar(&g.storeOpts.S3SSE, "s3-sse", "", "server-side encryption: AES256 or aws:kms")
 	f.StringVar(&g.storeOpts.S3KMSKeyID, "s3-kms-key-id", "", "KMS key for --s3-sse aws:kms")
 	f.StringVar(&g.storeOpts.S3StorageClass, "s3-storage-class", "", "S3 storage class of new objects (e.g. STANDARD_IA)")
+	f.DurationVar(&g.storeTimeout, "store-timeout", time.Minute, "fail a store request that makes no progress for this long (a streaming upload or download only while it waits for the store)")
 	f.StringVar(&g.partSize, "s3-part-size", "16MiB", "multipart part size; uploads can reach 10,000 parts (16MiB: 156GiB)")
 	f.IntVar(&g.storeOpts.Concurrency, "s3-concurrency", 2, "parts uploaded at once; an upload buffers (concurrency+1) × part size")
 	f.StringVar(&g.cluster, "cluster", "", "cluster name in the store (default: etcd's cluster ID in hex, or the only cluster in the store)")
@@ -230,9 +234,19 @@ func (g *globalOptions) limitMemory() {
 	debug.SetMemoryLimit(32<<20 + int64(g.storeOpts.Concurrency+1)*parts)
 }
 
-// openStore opens --store.
+// openStore opens --store with the decorators every command's store gets.
 func (g *globalOptions) openStore(ctx context.Context) (store.Store, error) {
-	return store.Open(ctx, g.storeURL, g.storeOpts)
+	octx, cancel := context.WithTimeoutCause(ctx, g.storeTimeout, store.ErrStalled)
+	defer cancel()
+	st, err := store.Open(octx, g.storeURL, g.storeOpts)
+	if err != nil && errors.Is(context.Cause(octx), store.ErrStalled) {
+		return nil, fmt.Errorf("opening --store %s: %w: no answer within %s (--store-timeout); check --s3-endpoint and that the server is running",
+			store.Redact(g.storeURL), store.ErrStalled, g.storeTimeout)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return store.Wrap(st, store.WrapOptions{Timeout: g.storeTimeout}), nil
 }
 
 // clusterFor returns --cluster, or etcd's cluster ID in hex.

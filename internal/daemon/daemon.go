@@ -67,6 +67,7 @@ type Daemon struct {
 	m        *metrics
 	log      *slog.Logger
 	leader   atomic.Bool
+	term     atomic.Pointer[leaderTerm] // nil unless this daemon leads
 	ready    atomic.Bool
 	running  sync.Mutex // one snapshot run at a time
 	addr     net.Addr
@@ -114,13 +115,6 @@ func (d *Daemon) Addr() net.Addr { <-d.addrOnce; return d.addr }
 // Run works until ctx is cancelled (SIGTERM), then stops the schedule, cancels an
 // in-flight upload (which aborts its multipart upload), resigns leadership and returns.
 func (d *Daemon) Run(ctx context.Context) error {
-	if d.cfg.Save.StaleUploadAge > 0 {
-		if n, err := d.cfg.Store.AbortIncomplete(ctx, d.cfg.Cluster+"/", d.cfg.Save.StaleUploadAge); err != nil {
-			d.log.Warn("could not clean up interrupted uploads", "err", err)
-		} else if n > 0 {
-			d.log.Info("aborted interrupted uploads", "count", n)
-		}
-	}
 	var wg sync.WaitGroup
 	srv, err := d.serve()
 	if err != nil {
@@ -135,7 +129,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}()
 	wg.Go(func() { d.campaign(ctx) })
 	wg.Go(func() { d.checkLoop(ctx) })
-	d.scheduleLoop(ctx, &wg)
+	d.scheduleLoop(ctx)
 	wg.Wait()
 	d.log.Info("daemon stopped")
 	return nil
@@ -187,63 +181,103 @@ func (d *Daemon) campaign(ctx context.Context) {
 	}
 }
 
+// leadOnce campaigns with one etcd session and, once elected, leads until ctx ends or the
+// session may be gone. Leadership is a fence, not a check: everything only the leader
+// does runs under the term's context, cancelled the moment the lease may have expired,
+// and the store refuses the term's writes from then on (store.WithFence).
 func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	cli, err := etcdclient.New(ctx, d.cfg.Etcd)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(int(d.cfg.ElectionTTL.Seconds())), concurrency.WithContext(ctx))
+	granted := time.Now()
+	lease, err := cli.Grant(ctx, int64(d.cfg.ElectionTTL.Seconds()))
+	if err != nil {
+		return fmt.Errorf("etcd lease for the election: %w", err)
+	}
+	ttl := time.Duration(lease.TTL) * time.Second
+	sess, err := concurrency.NewSession(cli, concurrency.WithLease(lease.ID), concurrency.WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("etcd session: %w", err)
 	}
 	defer sess.Close()
+	fence := newLeaseFence(granted, ttl)
+	lctx, cancel := context.WithCancelCause(store.WithFence(ctx, fence.check))
+	term := &leaderTerm{ctx: lctx, cancel: cancel}
+	var keeper sync.WaitGroup
+	keeper.Go(func() { fence.keep(lctx, cli, lease.ID, ttl, sess.Done(), cancel) })
+	defer keeper.Wait()
+	defer term.end(nil)
 	d.ready.Store(true)
 	el := concurrency.NewElection(sess, "/etcdguard/"+d.cfg.Cluster+"/leader")
-	if err := el.Campaign(ctx, id); err != nil {
+	if err := el.Campaign(lctx, id); err != nil {
+		if cause := context.Cause(lctx); ctx.Err() == nil && cause != nil {
+			return cause
+		}
 		return err
 	}
+	d.term.Store(term)
+	defer d.term.Store(nil)
 	d.leader.Store(true)
 	d.m.isLeader.Set(1)
 	d.log.Info("elected: this daemon takes the snapshots", "id", id)
-	// Delta capture stops, and stores what it buffered, before leadership is given up, so
-	// two daemons never capture the same revisions.
-	// On a graceful stop it drains (stores what it buffered) while this daemon still leads;
-	// when the session is lost it stops at once without writing.
-	stopCapture, drainCapture := func() {}, func() {}
-	if d.cfg.Delta {
-		dctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-		drain := make(chan struct{})
-		done := make(chan struct{})
-		go func() { defer close(done); d.captureDeltas(dctx, cli, drain) }()
-		stopCapture = func() { stop(); <-done }
-		drainCapture = func() {
-			close(drain)
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-			}
-			stopCapture()
+	term.start(func() { d.abortStale(lctx) })
+	// Delta capture runs under the term too, so two daemons never capture at once; but a
+	// graceful stop lets it drain (store what it buffered) while the lease still holds,
+	// and losing the lease stops it at once, writing nothing.
+	drain, captured := make(chan struct{}), make(chan struct{})
+	cctx, stopCapture := context.WithCancelCause(context.WithoutCancel(lctx))
+	defer stopCapture(nil)
+	context.AfterFunc(lctx, func() {
+		if ctx.Err() == nil {
+			stopCapture(context.Cause(lctx))
 		}
+	})
+	if !d.cfg.Delta || !term.start(func() { defer close(captured); d.captureDeltas(cctx, cli, drain) }) {
+		close(captured)
 	}
-	defer stopCapture()
 	select {
 	case <-ctx.Done():
-		drainCapture()
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		if err := el.Resign(rctx); err != nil {
-			d.log.Warn("could not resign leadership; the lease expires by itself", "err", err)
-		}
-		d.log.Info("resigned leadership")
-		return nil
-	case <-sess.Done():
-		return errors.New("lost the election session (etcd unreachable?)")
+	case <-lctx.Done():
+	}
+	d.term.Store(nil)
+	if ctx.Err() == nil {
+		term.end(nil)
+		return fmt.Errorf("lost leadership, stopped what only the leader does: %w", context.Cause(lctx))
+	}
+	// Shutting down while the lease holds: capture stores what it buffered, within reason.
+	close(drain)
+	select {
+	case <-captured:
+	case <-time.After(10 * time.Second):
+	}
+	term.end(nil)
+	rctx, cancelResign := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancelResign()
+	if err := el.Resign(rctx); err != nil {
+		d.log.Warn("could not resign leadership; the lease expires by itself", "err", err)
+	}
+	d.log.Info("resigned leadership")
+	return nil
+}
+
+// abortStale removes what interrupted uploads left behind. Only the leader does, under
+// its fence: it is the one daemon that uploads, so no live upload of a daemon is aborted.
+func (d *Daemon) abortStale(ctx context.Context) {
+	if d.cfg.Save.StaleUploadAge <= 0 {
+		return
+	}
+	if n, err := d.cfg.Store.AbortIncomplete(ctx, d.cfg.Cluster+"/", d.cfg.Save.StaleUploadAge); err != nil {
+		d.log.Warn("could not clean up interrupted uploads", "err", err)
+	} else if n > 0 {
+		d.log.Info("aborted interrupted uploads", "count", n)
 	}
 }
 
-// scheduleLoop runs a snapshot at each tick of the schedule, if this daemon leads.
-func (d *Daemon) scheduleLoop(ctx context.Context, wg *sync.WaitGroup) {
+// scheduleLoop runs a snapshot at each tick of the schedule, if this daemon leads, under
+// its leadership term.
+func (d *Daemon) scheduleLoop(ctx context.Context) {
 	next := d.schedule.Next(time.Now())
 	for {
 		select {
@@ -252,17 +286,20 @@ func (d *Daemon) scheduleLoop(ctx context.Context, wg *sync.WaitGroup) {
 		case <-time.After(time.Until(next)):
 		}
 		next = d.schedule.Next(time.Now())
-		if !d.leader.Load() {
+		term := d.term.Load()
+		if term == nil {
 			continue
 		}
 		if !d.running.TryLock() {
 			d.log.Warn("the previous snapshot is still running; skipping this tick")
 			continue
 		}
-		wg.Go(func() {
+		if !term.start(func() {
 			defer d.running.Unlock()
-			d.snapshotRun(ctx)
-		})
+			d.snapshotRun(term.ctx)
+		}) {
+			d.running.Unlock()
+		}
 	}
 }
 
@@ -360,7 +397,7 @@ func (d *Daemon) snapshotRun(ctx context.Context) {
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			d.log.Info("snapshot cancelled by shutdown; nothing partial was left", "err", err)
+			d.log.Info("snapshot cancelled; nothing partial was left", "why", context.Cause(ctx), "err", err)
 			return
 		}
 		d.fail("store", err)

@@ -48,8 +48,10 @@ const (
 	DefaultConcurrency = 2
 	// maxParts is S3's limit on parts per multipart upload.
 	maxParts = 10000
-	// abortTimeout bounds the cleanup that runs after the caller's ctx is gone.
-	abortTimeout = 30 * time.Second
+	// abortTimeout bounds the cleanup that runs after the caller's ctx is gone: short
+	// enough that a daemon aborting against a hung server still exits within a 30s
+	// SIGTERM grace period; AbortIncomplete catches what is left.
+	abortTimeout = 10 * time.Second
 )
 
 // Store is a bucket, or the part of one under a prefix.
