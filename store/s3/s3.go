@@ -314,13 +314,43 @@ func (s *Store) AbortIncomplete(ctx context.Context, prefix string, olderThan ti
 		if !aws.ToTime(u.Initiated).Before(cutoff) {
 			continue
 		}
-		_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId})
+		// Started long ago is not enough: a big snapshot on a slow link uploads for hours.
+		// Only an upload that has sent no part for olderThan is a leftover.
+		last, err := s.lastPart(ctx, u)
+		if err != nil {
+			return n, err
+		}
+		if !last.Before(cutoff) {
+			continue
+		}
+		_, err = s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId})
 		if err != nil && !isNoSuchUpload(err) {
 			return n, s.objectErr("abort upload of", strings.TrimPrefix(aws.ToString(u.Key), s.prefix), err)
 		}
 		n++
 	}
 	return n, nil
+}
+
+// lastPart is when the upload last received a part (its start if none).
+func (s *Store) lastPart(ctx context.Context, u types.MultipartUpload) (time.Time, error) {
+	last := aws.ToTime(u.Initiated)
+	p := s3.NewListPartsPaginator(s.client, &s3.ListPartsInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if isNoSuchUpload(err) {
+			return last, nil // completed or aborted meanwhile: aborting again is harmless
+		}
+		if err != nil {
+			return last, s.objectErr("list the parts of the upload of", strings.TrimPrefix(aws.ToString(u.Key), s.prefix), err)
+		}
+		for _, part := range page.Parts {
+			if t := aws.ToTime(part.LastModified); t.After(last) {
+				last = t
+			}
+		}
+	}
+	return last, nil
 }
 
 // incomplete lists the multipart uploads in progress under prefix.

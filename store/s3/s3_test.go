@@ -223,6 +223,36 @@ func TestAbortIncomplete(t *testing.T) {
 	})
 }
 
+// An upload that started long ago but is still sending parts is someone's live upload (an
+// 8 GiB snapshot on a slow link takes hours): clean-up leaves it; once it has been idle
+// that long, it is a leftover and is aborted.
+func TestAbortIncompleteSparesLiveUploads(t *testing.T) {
+	forEachServer(t, func(t *testing.T, srv *testharness.S3Server) {
+		ctx := t.Context()
+		s := newTestStore(t, srv, store.Options{})
+		raw := srv.Client(t)
+		key := aws.String(s.prefix + "c/snapshots/live.db.zst")
+		up, err := raw.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &srv.Bucket, Key: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const age = 2 * time.Second
+		time.Sleep(age + 200*time.Millisecond) // started "long" ago...
+		part := bytes.Repeat([]byte("x"), 5<<20)
+		if _, err := raw.UploadPart(ctx, &s3.UploadPartInput{Bucket: &srv.Bucket, Key: key, UploadId: up.UploadId, PartNumber: aws.Int32(1), Body: bytes.NewReader(part)}); err != nil {
+			t.Fatal(err)
+		}
+		// ...but a part arrived just now.
+		if n, err := s.AbortIncomplete(ctx, "c/", age); err != nil || n != 0 {
+			t.Fatalf("AbortIncomplete = %d, %v; want 0: the upload is live", n, err)
+		}
+		time.Sleep(age + 200*time.Millisecond)
+		if n, err := s.AbortIncomplete(ctx, "c/", age); err != nil || n != 1 {
+			t.Fatalf("AbortIncomplete = %d, %v; want 1: the upload has been idle for %s", n, err, age)
+		}
+	})
+}
+
 func TestTooManyParts(t *testing.T) {
 	srv := testharness.StartFakeS3(t)
 	s := newTestStore(t, srv, store.Options{})
