@@ -37,7 +37,7 @@ func newSnapshotSaveCommand(g *globalOptions) *cobra.Command {
 func addSaveFlags(cmd *cobra.Command, o *saveOptions) {
 	cmd.Flags().StringVar(&o.compression, "compression", "zstd", "zstd, gzip or none")
 	cmd.Flags().StringVar(&o.level, "level", "fastest", "compression level: fastest, default or better (fastest: on etcd data about 2% larger than default at nearly twice the speed, and less CPU on a control-plane node)")
-	cmd.Flags().DurationVar(&o.staleUploadAge, "stale-upload-age", time.Hour, "first abort this cluster's interrupted uploads older than this (0: never)")
+	cmd.Flags().DurationVar(&o.staleUploadAge, "stale-upload-age", time.Hour, "first abort this cluster's interrupted uploads that have sent nothing for this long (0: never)")
 }
 
 func runSnapshotSave(ctx context.Context, g *globalOptions, o *saveOptions) error {
