@@ -334,7 +334,7 @@ func TestRestoreRefusesBadDeltas(t *testing.T) {
 	f := newFixture(t, 1)
 	base := f.snaps[0]
 	var revs []delta.Revision
-	for i := range 30 {
+	for i := range 50 { // five segments; the target is in the third
 		r := must(f.cli.Put(ctx, fmt.Sprintf("/registry/pods/ns0/p%d", i), "changed")).Header.Revision
 		revs = append(revs, delta.Revision{Rev: r, Time: time.Now(), Events: []delta.Event{{Key: fmt.Appendf(nil, "/registry/pods/ns0/p%d", i), Value: []byte("changed")}}})
 	}
@@ -400,6 +400,15 @@ func TestRestoreRefusesBadDeltas(t *testing.T) {
 				t.Fatalf("the refused restore left %v", entries(t, parent))
 			}
 		})
+	}
+	// Planning lists and keeps only the segments from the base to the target: the replay,
+	// and the free-space check that counts them, never see the later ones.
+	plan, err := Select(ctx, f.st, "c1", Selector{Revision: target})
+	if err != nil || plan.Base.ID != base.ID || len(plan.Deltas) != 3 || plan.Deltas[2].ToRev != segs[2].ToRev || plan.TargetRev != target {
+		t.Fatalf("plan for revision %d: %+v, %v; want the 3 segments up to it", target, plan, err)
+	}
+	if got, all := replayGrowth(plan.Deltas), replayGrowth(segs); got >= all {
+		t.Fatalf("free space counted for %d segments' growth: %d of %d", len(plan.Deltas), got, all)
 	}
 	// The same deltas, intact, reach the target.
 	parent := filepath.Join(t.TempDir(), "restore")
