@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -88,40 +87,6 @@ func startS3Proxy(t *testing.T, target string, bytesPerSec int) *s3Proxy {
 		}
 	}()
 	return p
-}
-
-type daemonProc struct {
-	cmd  *exec.Cmd
-	addr string
-	log  string
-}
-
-// startDaemon runs `etcdguard daemon` with args until the test ends; its log is shown if
-// the test fails.
-func startDaemon(t *testing.T, env []string, addr string, args ...string) *daemonProc {
-	t.Helper()
-	logPath := filepath.Join(t.TempDir(), "daemon.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(etcdguardBin, append([]string{"daemon", "--listen", addr, "--log-format", "json"}, args...)...)
-	cmd.Env = append(env, "PATH="+os.Getenv("PATH"), "HOME="+t.TempDir())
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGCONT)
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("daemon %s log:\n%s", addr, b)
-		}
-	})
-	return &daemonProc{cmd: cmd, addr: addr, log: logPath}
 }
 
 // A leader stopped (SIGSTOP) in the middle of an upload for longer than its election TTL

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -45,23 +44,8 @@ func TestE2EHistoriesAcrossRestores(t *testing.T) {
 	st := must(file.Open(dir))
 	storeURL := "file://" + dir
 	metrics := fmt.Sprintf("127.0.0.1:%d", ports[2])
-	d := exec.Command(etcdguardBin, "daemon", "--cluster", "prod", "--store", storeURL, "--endpoints", clientURL,
-		"--schedule", "@every 1h", "--election-ttl", "3s", "--listen", metrics, "--delta", "--delta-flush", "200ms")
-	d.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
-	logPath := filepath.Join(t.TempDir(), "daemon.log")
-	logf := must(os.Create(logPath))
-	d.Stdout, d.Stderr = logf, logf
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		d.Process.Kill()
-		d.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("daemon log:\n%s", b)
-		}
-	})
+	d := startDaemon(t, nil, metrics, "--cluster", "prod", "--store", storeURL, "--endpoints", clientURL,
+		"--schedule", "@every 1h", "--election-ttl", "3s", "--delta", "--delta-flush", "200ms")
 
 	writes := func(prefix string, n int) int64 {
 		var rev int64
@@ -198,8 +182,8 @@ func TestE2EHistoriesAcrossRestores(t *testing.T) {
 		!regexp.MustCompile(`etcdguard_delta_interruptions_total\{[^}]*reason="compacted"[^}]*\} 0\n`).MatchString(body) {
 		t.Fatalf("interruptions counted:\n%s", grep(body, "interruptions"))
 	}
-	d.Process.Signal(syscall.SIGTERM)
-	d.Wait()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.cmd.Wait()
 }
 
 // restoreEquals restores the point args name into a fresh member and compares its keyspace

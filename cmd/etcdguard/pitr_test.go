@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -32,13 +30,8 @@ func TestE2EPointInTimeRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	storeURL := "file://" + dir
-	d := exec.Command(etcdguardBin, "daemon", "--cluster", "prod", "--store", storeURL, "--endpoints", e.Endpoints[0],
-		"--schedule", "@every 1h", "--election-ttl", "2s", "--listen", "", "--delta", "--delta-flush", "200ms")
-	d.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Process.Kill(); d.Wait() })
+	d := startDaemon(t, nil, "", "--cluster", "prod", "--store", storeURL, "--endpoints", e.Endpoints[0],
+		"--schedule", "@every 1h", "--election-ttl", "2s", "--delta", "--delta-flush", "200ms").cmd
 	// The daemon's first full snapshot comes first; then the cluster keeps changing.
 	time.Sleep(time.Second)
 	_, err = loadgen.LoadK8sKeyspace(ctx, cli, loadgen.Options{Keys: 1500, Seed: 9})
