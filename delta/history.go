@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -151,18 +152,29 @@ func Check(ctx context.Context, cli *clientv3.Client, m *Mark) (Verdict, error) 
 
 // committedIndex is the highest committed raft index among the client's endpoints; ok is
 // false unless every endpoint answered, since the one that served the read may be missing.
-func committedIndex(ctx context.Context, cli *clientv3.Client) (uint64, bool) {
-	var idx uint64
-	for _, ep := range cli.Endpoints() {
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := cli.Status(sctx, ep)
-		cancel()
-		if err != nil {
-			return 0, false
-		}
-		idx = max(idx, st.RaftIndex)
+// The endpoints are asked at once, each for at most two seconds: capture checks before
+// every segment, and a partitioned member must not hold it up.
+func committedIndex(ctx context.Context, cli *clientv3.Client) (idx uint64, ok bool) {
+	eps := cli.Endpoints()
+	idxs := make([]uint64, len(eps))
+	errs := make([]error, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Go(func() {
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			st, err := cli.Status(sctx, ep)
+			if err == nil {
+				idxs[i] = st.RaftIndex
+			}
+			errs[i] = err
+		})
 	}
-	return idx, true
+	wg.Wait()
+	if errors.Join(errs...) != nil {
+		return 0, false
+	}
+	return slices.Max(idxs), true
 }
 
 // resumePoints returns the newest snapshot of the cluster and the last segment of its

@@ -64,6 +64,13 @@ func (s *deadlines) List(ctx context.Context, prefix string) ([]ObjectInfo, erro
 	return out, s.stalled(ctx, "list", prefix, err)
 }
 
+func (s *deadlines) ListAfter(ctx context.Context, prefix, after string, limit int) ([]ObjectInfo, error) {
+	ctx, cancel := s.call(ctx)
+	defer cancel()
+	out, err := s.Store.ListAfter(ctx, prefix, after, limit)
+	return out, s.stalled(ctx, "list", prefix, err)
+}
+
 func (s *deadlines) Delete(ctx context.Context, key string) error {
 	ctx, cancel := s.call(ctx)
 	defer cancel()

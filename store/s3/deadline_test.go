@@ -39,13 +39,15 @@ func TestWrapTimeoutHungStore(t *testing.T) {
 	srv.Endpoint = blackHole(t)
 	const timeout = 500 * time.Millisecond
 	st := store.Wrap(NewFromClient(srv.Client(t), srv.Bucket, "", srv.Options()), store.WrapOptions{Timeout: timeout})
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // a missing timeout fails, not hangs
+	defer cancel()
 	for _, tt := range []struct {
 		name string
 		call func() error
 	}{
 		{"Stat", func() error { _, err := st.Stat(ctx, "k"); return err }},
 		{"List", func() error { _, err := st.List(ctx, "p/"); return err }},
+		{"Walk", func() error { return store.Walk(ctx, st, "p/", "p/5", func(store.ObjectInfo) bool { return true }) }},
 		{"Delete", func() error { return st.Delete(ctx, "k") }},
 		{"Get", func() error { _, err := st.Get(ctx, "k"); return err }},
 		{"Put", func() error { return store.PutBytes(ctx, st, "k", []byte("x")) }},
