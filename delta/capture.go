@@ -22,7 +22,8 @@ type Capturer struct {
 	Cluster  string
 	Flush    time.Duration // a segment at least this often while there are changes
 	MaxBytes int           // or sooner, when this much is buffered
-	// Snapshot takes a full snapshot now, of the given history, and returns its manifest:
+	// Snapshot takes a full snapshot now, of the given history ("": of the history etcd is
+	// found in, as snapshot.SaveOptions.History with Identify), and returns its manifest:
 	// where capture starts when there is nothing to resume from, when etcd's history
 	// changed (a restore), or after etcd compacted past the last stored revision.
 	Snapshot func(ctx context.Context, history string) (*snapshot.Manifest, error)
@@ -103,6 +104,8 @@ func (c *Capturer) observe(ctx context.Context, d time.Duration) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-c.Drain:
+			return
 		case <-end:
 			return
 		case <-t.C:
@@ -121,9 +124,9 @@ func (c *Capturer) observe(ctx context.Context, d time.Duration) {
 func (c *Capturer) Run(ctx context.Context) {
 	log := slog.With("component", "delta", "cluster", c.Cluster)
 	backoff := time.Second
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !c.drained() {
 		progressed, err := c.runOnce(ctx, log)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || c.drained() {
 			break
 		}
 		if progressed {
@@ -147,6 +150,20 @@ func (c *Capturer) Run(ctx context.Context) {
 		backoff = min(2*backoff, 30*time.Second)
 	}
 }
+
+// drained says whether Drain was closed.
+func (c *Capturer) drained() bool {
+	select {
+	case <-c.Drain:
+		return true
+	default:
+		return false
+	}
+}
+
+// drainTimeout bounds storing what was buffered on a graceful stop: etcd may be going down
+// with the node, and the check before a segment is written needs it.
+const drainTimeout = 10 * time.Second
 
 func (c *Capturer) trouble(kind string, err error) {
 	if c.OnTrouble != nil {
@@ -182,7 +199,7 @@ func (c *Capturer) resume(ctx context.Context, log *slog.Logger) (*Mark, error) 
 	case newest == nil:
 		return c.newTimeline(ctx, log, "", "no full snapshot yet")
 	case newest.History == "":
-		return c.newTimeline(ctx, log, NewHistory(time.Now()), "the stored snapshots and deltas predate histories")
+		return c.newTimeline(ctx, log, "", "the stored snapshots and deltas predate histories")
 	default:
 		if v, err = Check(ctx, c.Cli, newest); err != nil {
 			return nil, fmt.Errorf("checking that etcd continues history %s: %w", newest.History, err)
@@ -193,7 +210,16 @@ func (c *Capturer) resume(ctx context.Context, log *slog.Logger) (*Mark, error) 
 	case v.Changed != "":
 		log.Warn("etcd's history changed (a restore?): starting a new timeline with a full snapshot", "why", v.Changed)
 		c.trouble("new_history", errors.New(v.Changed))
-		return c.newTimeline(ctx, log, NewHistory(time.Now()), v.Changed)
+		if v.Compacted { // could not tell a restore from a compaction: the gap is real either way
+			c.trouble("compacted", fmt.Errorf("etcd compacted revisions after %d before they were captured, or was restored: %w", newest.Revision, rpctypes.ErrCompacted))
+		}
+		// The snapshot finds its history itself ("": the one a scheduled snapshot may have
+		// started a moment ago, so one restore makes one new history), never the old one.
+		m, err := c.newTimeline(ctx, log, "", v.Changed)
+		if err == nil && m.History == newest.History {
+			err = fmt.Errorf("the full snapshot after etcd's history changed was filed under the old history %s; retrying", newest.History)
+		}
+		return m, err
 	case v.Compacted:
 		// The revisions after newest are gone from etcd: a full snapshot bridges the gap,
 		// and points inside it can no longer be restored exactly.
@@ -211,11 +237,9 @@ func (c *Capturer) resume(ctx context.Context, log *slog.Logger) (*Mark, error) 
 	return newest, nil
 }
 
-// newTimeline takes a full snapshot in history (a new one if "") and resumes from it.
+// newTimeline takes a full snapshot in history ("": the one the snapshot finds etcd in,
+// a new one after a restore) and resumes from it.
 func (c *Capturer) newTimeline(ctx context.Context, log *slog.Logger, history, why string) (*Mark, error) {
-	if history == "" {
-		history = NewHistory(time.Now())
-	}
 	m, err := c.Snapshot(ctx, history)
 	if err != nil {
 		return nil, fmt.Errorf("taking the full snapshot delta capture starts from: %w", err)
@@ -303,7 +327,13 @@ func (c *Capturer) watch(ctx context.Context, from *Mark) (int64, error) {
 			// lead already); the next leader reads the unstored revisions from etcd.
 			return rev, ctx.Err()
 		case <-c.Drain:
-			return rev, errors.Join(flush(ctx), errDrained)
+			dctx, cancel := context.WithTimeout(ctx, drainTimeout)
+			err := flush(dctx)
+			cancel()
+			if err != nil {
+				slog.WarnContext(ctx, "delta capture stopped without storing what it buffered; the next leader reads it from etcd", "err", err)
+			}
+			return rev, errDrained
 		case <-t.C:
 			if err := flush(ctx); err != nil {
 				return rev, err

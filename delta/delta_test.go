@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -125,10 +126,14 @@ var h1 = Identity{History: "20260101T000000Z-aaaaaa"}
 // snapshots is a Capturer.Snapshot that takes real snapshots of the etcd behind cli.
 func snapshots(t *testing.T, cli *clientv3.Client, st store.Store) func(context.Context, string) (*snapshot.Manifest, error) {
 	return func(ctx context.Context, history string) (*snapshot.Manifest, error) {
-		return snapshot.Save(ctx, cli, st, snapshot.SaveOptions{Cluster: "c1", Endpoint: cli.Endpoints()[0], Compression: "zstd", Level: "fastest",
+		opts := snapshot.SaveOptions{Cluster: "c1", Endpoint: cli.Endpoints()[0], Compression: "zstd", Level: "fastest",
 			History: func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
 				return history, Tail(ctx, cli, rev), nil
-			}})
+			}}
+		if history == "" { // as the daemon does
+			opts.History = Identify(cli, st, "c1")
+		}
+		return snapshot.Save(ctx, cli, st, opts)
 	}
 }
 
@@ -529,5 +534,39 @@ func TestResumeFromLastSegmentBeforeNewerSnapshot(t *testing.T) {
 	}
 	if snaps := must(snapshot.List(ctx, st, "c1")); len(snaps) != 2 {
 		t.Fatalf("capture took another snapshot: %d", len(snaps))
+	}
+}
+
+// A graceful stop while etcd is already gone (kubelet stops both static pods at once) with
+// revisions buffered: capture gives up storing them within its drain timeout instead of
+// waiting for etcd forever, so the daemon's SIGTERM finishes in its grace period.
+func TestDrainWithEtcdDown(t *testing.T) {
+	ctx := context.Background()
+	ports := testharness.FreePorts(t, 2)
+	cfg := testharness.ProcConfig{Name: "m1", DataDir: filepath.Join(t.TempDir(), "m1.etcd"),
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1])}
+	p := testharness.StartEtcdProc(t, cfg)
+	if err := p.WaitHealthy(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cli := must(clientv3.New(clientv3.Config{Endpoints: []string{cfg.ClientURL}, DialTimeout: 5 * time.Second}))
+	defer cli.Close()
+	st := must(file.Open(t.TempDir()))
+	must(cli.Put(ctx, "/registry/a", "0"))
+	take := snapshots(t, cli, st)
+	must(take(ctx, h1.History))
+	drain := make(chan struct{})
+	c := &Capturer{Cli: cli, Store: st, Cluster: "c1", Flush: time.Minute, Drain: drain, Snapshot: take}
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	must(cli.Put(ctx, "/registry/b", "1"))
+	time.Sleep(time.Second) // seen at once
+	p.Stop()                // buffered, not stored (Flush is a minute); etcd goes down with the node
+	start := time.Now()
+	close(drain) // SIGTERM
+	select {
+	case <-done:
+	case <-time.After(drainTimeout + 10*time.Second):
+		t.Fatalf("capture's drain had not returned %s after etcd went down", time.Since(start).Round(time.Second))
 	}
 }

@@ -83,11 +83,13 @@ func tailSum(value []byte, create, version, lease int64) string {
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// tailOf samples the keys a captured revision wrote.
+// tailOf samples the keys a captured revision wrote or deleted.
 func tailOf(r Revision) []snapshot.TailKey {
 	var out []snapshot.TailKey
-	for _, e := range r.Events {
-		if !e.Delete && len(out) < tailSamples {
+	for _, e := range r.Events[:min(len(r.Events), tailSamples)] {
+		if e.Delete {
+			out = append(out, snapshot.TailKey{Key: e.Key, Deleted: true})
+		} else {
 			out = append(out, snapshot.TailKey{Key: e.Key, Sum: tailSum(e.Value, e.CreateRev, e.Version, e.Lease)})
 		}
 	}
@@ -117,7 +119,8 @@ func Check(ctx context.Context, cli *clientv3.Client, m *Mark) (Verdict, error) 
 		v.Changed = fmt.Sprintf("etcd's revision went back to %d, below the %s", v.Revision, m)
 		return v, nil
 	}
-	if idx, ok := committedIndex(ctx, cli); ok {
+	idx, raftKnown := committedIndex(ctx, cli)
+	if raftKnown {
 		v.RaftIndex = idx
 	}
 	if v.RaftIndex > 0 && m.RaftIndex > 0 && v.RaftIndex < m.RaftIndex {
@@ -133,21 +136,49 @@ func Check(ctx context.Context, cli *clientv3.Client, m *Mark) (Verdict, error) 
 			return v, fmt.Errorf("reading etcd at revision %d: %w", m.Revision+1, err)
 		}
 	}
-	for _, tk := range m.Tail {
-		r, err := cli.Get(rctx, string(tk.Key), clientv3.WithRev(m.Revision))
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			break // compacted away: nothing more to compare
-		}
-		if err != nil {
-			return v, fmt.Errorf("reading key %q at revision %d: %w", tk.Key, m.Revision, err)
-		}
-		if len(r.Kvs) != 1 || r.Kvs[0].ModRevision != m.Revision ||
-			tailSum(r.Kvs[0].Value, r.Kvs[0].CreateRevision, r.Kvs[0].Version, r.Kvs[0].Lease) != tk.Sum {
-			v.Changed = fmt.Sprintf("etcd's revision %d holds other changes than the %s recorded (key %q)", m.Revision, m, tk.Key)
-			return v, nil
-		}
+	compared, differs, err := compareTail(rctx, cli, m)
+	switch {
+	case err != nil:
+		return v, err
+	case differs != "":
+		v.Changed = differs
+	case !compared && v.Compacted && !raftKnown:
+		// Compacted past the mark, the same cluster ID, no content left to compare, and
+		// not every member's raft log known: a restore with the old token and
+		// --bump-revision looks exactly like this. Chaining on would risk mixing two
+		// histories; a new one costs only a boundary in the timeline (the gap is there
+		// either way, and Compacted still reports it).
+		v.Changed = fmt.Sprintf("etcd compacted past the %s and, with a member not answering, it cannot be told apart from a restore", m)
 	}
 	return v, nil
+}
+
+// compareTail compares the keys the mark's revision wrote or deleted with what etcd holds
+// at that revision. compared is false when etcd no longer has that revision (compacted) or
+// the mark has no sample; differs says how etcd's revision differs, if it does.
+func compareTail(ctx context.Context, cli *clientv3.Client, m *Mark) (compared bool, differs string, err error) {
+	for _, tk := range m.Tail {
+		r, err := cli.Get(ctx, string(tk.Key), clientv3.WithRev(m.Revision))
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return false, "", nil
+		}
+		if err != nil {
+			return false, "", fmt.Errorf("reading key %q at revision %d: %w", tk.Key, m.Revision, err)
+		}
+		same := len(r.Kvs) == 0
+		if !tk.Deleted {
+			kv := r.Kvs
+			same = len(kv) == 1 && kv[0].ModRevision == m.Revision && tailSum(kv[0].Value, kv[0].CreateRevision, kv[0].Version, kv[0].Lease) == tk.Sum
+		} else if same && m.Revision > 1 {
+			// deleted at the mark's revision, so it existed just before (if etcd still knows)
+			before, err := cli.Get(ctx, string(tk.Key), clientv3.WithRev(m.Revision-1), clientv3.WithCountOnly())
+			same = err != nil || before.Count == 1
+		}
+		if !same {
+			return true, fmt.Sprintf("etcd's revision %d holds other changes than the %s recorded (key %q)", m.Revision, m, tk.Key), nil
+		}
+	}
+	return len(m.Tail) > 0, "", nil
 }
 
 // committedIndex is the highest committed raft index among the client's endpoints; ok is

@@ -27,7 +27,9 @@ func TestCheckAfterRestore(t *testing.T) {
 		restore    bool
 		freshToken bool
 		bump       uint64
-		writesPast int // after the restore, writes that take the revision past the mark
+		writesPast int  // after the restore, writes that take the revision past the mark
+		deleteLast bool // the mark's revision only deleted a key (an expired Event's lease)
+		deadMember bool // the client also names a member that does not answer
 		want       string
 	}{
 		{name: "same cluster, more writes", writesPast: 30, want: ""},
@@ -36,7 +38,11 @@ func TestCheckAfterRestore(t *testing.T) {
 		// The new history's raft log outgrows the old one's: the keys written at the
 		// mark's revision tell.
 		{name: "old token, no bump, more raft entries than before", restore: true, writesPast: 100, want: "holds other changes"},
+		{name: "old token, no bump, a deleting revision written again", restore: true, writesPast: 100, deleteLast: true, want: "holds other changes"},
 		{name: "old token, bump", restore: true, bump: 1000000, want: "raft log went back"},
+		// Nothing left to compare and not every raft log known: not taken for the same history.
+		{name: "old token, bump, a member not answering", restore: true, bump: 1000000, deadMember: true, want: "cannot be told apart from a restore"},
+		{name: "same cluster, a member not answering", deadMember: true, writesPast: 30, want: ""},
 		{name: "fresh token", restore: true, freshToken: true, want: "cluster ID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -48,7 +54,11 @@ func TestCheckAfterRestore(t *testing.T) {
 			if err := p.WaitHealthy(30 * time.Second); err != nil {
 				t.Fatal(err)
 			}
-			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cfg.ClientURL}, DialTimeout: 5 * time.Second})
+			eps := []string{cfg.ClientURL}
+			if tc.deadMember {
+				eps = append(eps, fmt.Sprintf("http://127.0.0.1:%d", testharness.FreePorts(t, 1)[0]))
+			}
+			cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -75,6 +85,11 @@ func TestCheckAfterRestore(t *testing.T) {
 			write("a", 20)
 			base := save()
 			write("b", 20)
+			if tc.deleteLast {
+				if _, err := cli.Delete(ctx, "/registry/b/1"); err != nil {
+					t.Fatal(err)
+				}
+			}
 			tip := save() // the mark: where the stored history ends
 			if tip.History != base.History || len(tip.Tail) == 0 {
 				t.Fatalf("snapshots of one history: %s and %s; tail %v", base.History, tip.History, tip.Tail)

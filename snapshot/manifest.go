@@ -58,10 +58,12 @@ type Manifest struct {
 	Problems     []string `json:"problems,omitempty"`
 }
 
-// TailKey is one key written at a stored revision, with a digest of what it held then.
+// TailKey is one key written at a stored revision, with a digest of what it held then, or
+// deleted at it.
 type TailKey struct {
-	Key []byte `json:"key"`
-	Sum string `json:"sum"`
+	Key     []byte `json:"key"`
+	Sum     string `json:"sum,omitempty"`
+	Deleted bool   `json:"deleted,omitempty"`
 }
 
 // The states of Manifest.Verification.

@@ -246,11 +246,13 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 		term.end(nil)
 		return fmt.Errorf("lost leadership, stopped what only the leader does: %w", context.Cause(lctx))
 	}
-	// Shutting down while the lease holds: capture stores what it buffered, within reason.
+	// Shutting down while the lease holds: capture stores what it buffered, within reason
+	// (it bounds its own drain; this bounds a full snapshot it may be taking).
 	close(drain)
 	select {
 	case <-captured:
-	case <-time.After(10 * time.Second):
+	case <-time.After(15 * time.Second):
+		stopCapture(errors.New("shutting down"))
 	}
 	term.end(nil)
 	rctx, cancelResign := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
