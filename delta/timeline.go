@@ -44,11 +44,16 @@ type Stored struct {
 	Observed  map[string]*Observed // by history
 }
 
-// addRun extends the last run with m if m chains onto it, else starts a new run.
+// addRun extends the last run with m if m chains onto it, else starts a new run. A segment
+// may overlap the previous one (a fenced leader's write that landed late): the replay skips
+// what it already applied, so that is no gap.
 func addRun(runs []Span, m *Manifest) []Span {
-	if n := len(runs); n > 0 && runs[n-1].ToRev+1 == m.FromRev {
+	if n := len(runs); n > 0 && m.FromRev <= runs[n-1].ToRev+1 {
 		r := &runs[n-1]
-		r.ToRev, r.ToTime, r.segments = m.ToRev, m.LastTime, r.segments+1
+		if m.ToRev > r.ToRev {
+			r.ToRev, r.ToTime = m.ToRev, m.LastTime
+		}
+		r.segments++
 		return runs
 	}
 	return append(runs, Span{Kind: "deltas", History: m.History, FromRev: m.FromRev, ToRev: m.ToRev, FromTime: m.FirstTime, ToTime: m.LastTime, segments: 1})

@@ -39,6 +39,11 @@ func TestTimeline(t *testing.T) {
 	if w.FirstRev != 100 || w.LastRev != 800 || !w.LastTime.Equal(at(99)) || !w.FirstTime.Equal(at(0)) {
 		t.Fatalf("window %+v", w)
 	}
+	// A segment that overlaps the one before (a fenced leader's late write) is no gap.
+	overlapping := append(append([]*Manifest{}, segs[:2]...), &Manifest{FromRev: 250, ToRev: 320, FirstTime: at(15), LastTime: at(25)})
+	if runs := runsOf(overlapping); len(runs) != 1 || runs[0].ToRev != 320 {
+		t.Fatalf("overlapping segments make runs %+v", runs)
+	}
 	if _, ws := Timeline(stored(snaps, segs[:2])); ws[0].LastRev != 500 {
 		t.Fatalf("without later deltas the window ends at the newest snapshot: %+v", ws)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdguard/etcdguard/store"
@@ -59,6 +60,10 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	}
 	if state == "interrupted" {
 		switch ex, err := settle(ctx, cli, st, p, opts.EtcdUser); {
+		case errors.Is(err, rpctypes.ErrCompacted):
+			return nil, refuse("an earlier confirm saved its keys to %s and was interrupted; whether it deleted them cannot be told any more "+
+				"(etcd compacted those revisions): if they are gone, `etcdguard guard undo %s` puts them back; else make a new plan with --dry-run",
+				deletedKey(p.Cluster, p.ID), p.ID)
 		case err != nil:
 			return nil, err
 		case ex != nil:
@@ -361,6 +366,12 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 	}
 	if state == "interrupted" {
 		switch ex, err := settle(ctx, cli, st, p, etcdUser); {
+		case errors.Is(err, rpctypes.ErrCompacted):
+			// etcd no longer has the revisions that would tell whether the delete ran. Undo
+			// never overwrites a key that exists, so putting back the saved keys that are
+			// missing is safe either way; refusing would strand them.
+			slog.WarnContext(ctx, "whether the interrupted confirm deleted the range cannot be told (etcd compacted those revisions); putting back the saved keys that are missing",
+				"plan", id, "err", err)
 		case err != nil:
 			return nil, err
 		case ex == nil:

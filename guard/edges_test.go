@@ -196,3 +196,52 @@ func TestUndoRestoresLeases(t *testing.T) {
 		})
 	}
 }
+
+// A confirm interrupted after etcd deleted the range, and etcd compacts (kube-apiserver
+// does every 5 minutes) before the operator runs undo: the revisions that would tell
+// whether the delete ran are gone, but the saved keys still come back, and a second
+// confirm refuses, pointing at undo.
+func TestUndoInterruptedAfterCompaction(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	r, _ := Interpret([]string{"/registry-kube-1/pods/"}, true, false)
+	p := e.plan(t, r)
+	planned := e.count(t, r)
+	for i := range 50 { // a live cluster writes on between plan and confirm
+		if _, err := e.cli.Put(ctx, fmt.Sprintf("/registry-kube-1/events/x%d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hook(t, &afterDelete, func(context.Context) { cancel() })
+	if _, err := Confirm(cctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); err == nil {
+		t.Fatal("the interrupted confirm reported success")
+	}
+	afterDelete = func(context.Context) {}
+	if e.count(t, r) != 0 {
+		t.Fatal("etcd did not delete the range")
+	}
+	for i := range 50 {
+		if _, err := e.cli.Put(ctx, fmt.Sprintf("/registry-kube-1/events/y%d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now, err := e.cli.Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cli.Compact(ctx, now.Header.Revision-10, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Confirm(ctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "guard undo") {
+		t.Fatalf("confirm again after compaction: %v", err)
+	}
+	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, "")
+	if err != nil {
+		t.Fatalf("undo after compaction: %v", err)
+	}
+	if u.Restored != planned || e.count(t, r) != planned {
+		t.Fatalf("undo restored %d keys, %d in the range; the plan had %d", u.Restored, e.count(t, r), planned)
+	}
+}

@@ -116,7 +116,9 @@ func chain(ctx context.Context, st store.Store, cluster string, base *snapshot.M
 			break
 		}
 		r.segs = append(r.segs, s)
-		r.rev, r.time = s.ToRev, s.LastTime
+		if s.ToRev > r.rev { // a segment may overlap the one before (see delta's addRun)
+			r.rev, r.time = s.ToRev, s.LastTime
+		}
 		if done(s) {
 			r.caught = true
 		}
