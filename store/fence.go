@@ -18,7 +18,10 @@ func WithFence(ctx context.Context, check func() error) context.Context {
 	return context.WithValue(ctx, fenceKey{}, check)
 }
 
-func fenceErr(ctx context.Context) error {
+// FenceErr is the fence's verdict for ctx (nil without a fence). Backends ask it once more
+// right before the request that makes a write visible (a multipart upload's completion),
+// which comes long after the last byte was read when the parts are slow.
+func FenceErr(ctx context.Context) error {
 	if check, ok := ctx.Value(fenceKey{}).(func() error); ok {
 		return check()
 	}
@@ -30,7 +33,7 @@ func fenceErr(ctx context.Context) error {
 type fenced struct{ Store }
 
 func (s fenced) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
-	if err := fenceErr(ctx); err != nil {
+	if err := FenceErr(ctx); err != nil {
 		return 0, err
 	}
 	// Checked on every read too: an upload that resumes after the lease expired fails
@@ -39,14 +42,14 @@ func (s fenced) Put(ctx context.Context, key string, r io.Reader) (int64, error)
 }
 
 func (s fenced) Delete(ctx context.Context, key string) error {
-	if err := fenceErr(ctx); err != nil {
+	if err := FenceErr(ctx); err != nil {
 		return err
 	}
 	return s.Store.Delete(ctx, key)
 }
 
 func (s fenced) AbortIncomplete(ctx context.Context, prefix string, olderThan time.Duration) (int, error) {
-	if err := fenceErr(ctx); err != nil {
+	if err := FenceErr(ctx); err != nil {
 		return 0, err
 	}
 	return s.Store.AbortIncomplete(ctx, prefix, olderThan)
@@ -58,14 +61,14 @@ type fencedReader struct {
 }
 
 func (f *fencedReader) Read(p []byte) (int, error) {
-	if err := fenceErr(f.ctx); err != nil {
+	if err := FenceErr(f.ctx); err != nil {
 		return 0, err
 	}
 	n, err := f.r.Read(p)
 	if err == io.EOF {
 		// The end of the stream is what completes an upload: check once more after the
 		// read that may have waited long for the source.
-		if ferr := fenceErr(f.ctx); ferr != nil {
+		if ferr := FenceErr(f.ctx); ferr != nil {
 			return n, ferr
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+
+	"github.com/etcdguard/etcdguard/store"
 )
 
 // Put streams r to key. A stream that fits in one part is sent with a single
@@ -62,6 +64,9 @@ func (s *Store) objectSettings() (types.ServerSideEncryption, *string, types.Sto
 func (s *Store) putSingle(ctx context.Context, key, k string, b []byte) (int64, error) {
 	in := &s3.PutObjectInput{Bucket: &s.bucket, Key: &k, Body: bytes.NewReader(b), ContentLength: aws.Int64(int64(len(b)))}
 	in.ServerSideEncryption, in.SSEKMSKeyId, in.StorageClass = s.objectSettings()
+	if err := store.FenceErr(ctx); err != nil {
+		return 0, s.objectErr("put", key, err)
+	}
 	if _, err := s.client.PutObject(ctx, in); err != nil {
 		return 0, s.objectErr("put", key, err)
 	}
@@ -176,6 +181,9 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 	}
 
 	slices.SortFunc(parts, func(a, b types.CompletedPart) int { return int(*a.PartNumber - *b.PartNumber) })
+	if err := store.FenceErr(ctx); err != nil {
+		return 0, s.objectErr("put", key, err)
+	}
 	_, err = s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.bucket, Key: &k, UploadId: uploadID,
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
 	if err != nil {
