@@ -269,7 +269,18 @@ func Identify(cli *clientv3.Client, st store.Store, cluster string) func(context
 		if latest == nil || latest.History == "" {
 			return NewHistory(time.Now()), tail, nil
 		}
-		v, err := Check(ctx, cli, latest)
+		// The snapshot is stored already (this runs before its manifest): an etcd blip must
+		// not throw a big upload away, so the check is tried a few times.
+		var v Verdict
+		for attempt := 1; ; attempt++ {
+			if v, err = Check(ctx, cli, latest); err == nil || attempt == 3 || ctx.Err() != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(2 * time.Second):
+			}
+		}
 		if err != nil {
 			return "", nil, err
 		}
