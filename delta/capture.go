@@ -206,6 +206,11 @@ func (c *Capturer) resume(ctx context.Context, log *slog.Logger) (*Mark, error) 
 		}
 	}
 	c.id = Identity{History: newest.History, ClusterID: v.ClusterID, RaftIndex: v.RaftIndex}
+	if v.Undecided {
+		// Chaining on could mix two histories; a new one costs only a boundary in the
+		// timeline (the gap is there either way, and Compacted still reports it).
+		v.Changed = fmt.Sprintf("etcd compacted past the %s, and with no member's raft log known it cannot be told from a restore", newest)
+	}
 	switch {
 	case v.Changed != "":
 		log.Warn("etcd's history changed (a restore?): starting a new timeline with a full snapshot", "why", v.Changed)

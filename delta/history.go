@@ -62,6 +62,10 @@ type Verdict struct {
 	Changed string
 	// Compacted says that etcd no longer holds the revisions right after the mark.
 	Compacted bool
+	// Undecided says that nothing tells a compaction past the mark from a restore with the
+	// old token and --bump-revision: no content left to compare at the mark, and the raft
+	// log of no member known to bound it. Resuming there could mix two histories.
+	Undecided bool
 	// Revision, ClusterID and RaftIndex are etcd's when checked (RaftIndex 0: unknown).
 	Revision  int64
 	ClusterID string
@@ -143,12 +147,7 @@ func Check(ctx context.Context, cli *clientv3.Client, m *Mark) (Verdict, error) 
 	case differs != "":
 		v.Changed = differs
 	case !compared && v.Compacted && !raftKnown:
-		// Compacted past the mark, the same cluster ID, no content left to compare, and
-		// not every member's raft log known: a restore with the old token and
-		// --bump-revision looks exactly like this. Chaining on would risk mixing two
-		// histories; a new one costs only a boundary in the timeline (the gap is there
-		// either way, and Compacted still reports it).
-		v.Changed = fmt.Sprintf("etcd compacted past the %s and, with a member not answering, it cannot be told apart from a restore", m)
+		v.Undecided = true
 	}
 	return v, nil
 }
@@ -172,7 +171,13 @@ func compareTail(ctx context.Context, cli *clientv3.Client, m *Mark) (compared b
 		} else if same && m.Revision > 1 {
 			// deleted at the mark's revision, so it existed just before (if etcd still knows)
 			before, err := cli.Get(ctx, string(tk.Key), clientv3.WithRev(m.Revision-1), clientv3.WithCountOnly())
-			same = err != nil || before.Count == 1
+			switch {
+			case errors.Is(err, rpctypes.ErrCompacted): // cannot tell
+			case err != nil:
+				return false, "", fmt.Errorf("reading key %q at revision %d: %w", tk.Key, m.Revision-1, err)
+			default:
+				same = before.Count == 1
+			}
 		}
 		if !same {
 			return true, fmt.Sprintf("etcd's revision %d holds other changes than the %s recorded (key %q)", m.Revision, m, tk.Key), nil
@@ -181,31 +186,37 @@ func compareTail(ctx context.Context, cli *clientv3.Client, m *Mark) (compared b
 	return len(m.Tail) > 0, "", nil
 }
 
-// committedIndex is the highest committed raft index among the client's endpoints; ok is
-// false unless every endpoint answered, since the one that served the read may be missing.
+// committedIndex is the highest committed raft index among the client's endpoints, asked
+// after a linearizable read. ok says it bounds everything committed before: every
+// endpoint answered (the one that served the read among them), or the leader did (after
+// the read it has committed an entry of its term, so its index is the highest there is).
 // The endpoints are asked at once, each for at most two seconds: capture checks before
 // every segment, and a partitioned member must not hold it up.
 func committedIndex(ctx context.Context, cli *clientv3.Client) (idx uint64, ok bool) {
 	eps := cli.Endpoints()
-	idxs := make([]uint64, len(eps))
-	errs := make([]error, len(eps))
-	var wg sync.WaitGroup
-	for i, ep := range eps {
+	var (
+		mu       sync.Mutex
+		answered int
+		leader   bool
+		wg       sync.WaitGroup
+	)
+	for _, ep := range eps {
 		wg.Go(func() {
 			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			st, err := cli.Status(sctx, ep)
-			if err == nil {
-				idxs[i] = st.RaftIndex
+			if err != nil {
+				return
 			}
-			errs[i] = err
+			mu.Lock()
+			defer mu.Unlock()
+			answered++
+			idx = max(idx, st.RaftIndex)
+			leader = leader || st.Leader != 0 && st.Leader == st.Header.MemberId
 		})
 	}
 	wg.Wait()
-	if errors.Join(errs...) != nil {
-		return 0, false
-	}
-	return slices.Max(idxs), true
+	return idx, answered == len(eps) || leader
 }
 
 // resumePoints returns the newest snapshot of the cluster and the last segment of its
@@ -284,7 +295,7 @@ func Identify(cli *clientv3.Client, st store.Store, cluster string) func(context
 		if err != nil {
 			return "", nil, err
 		}
-		if v.Changed != "" {
+		if v.Changed != "" || v.Undecided {
 			return NewHistory(time.Now()), tail, nil
 		}
 		return latest.History, tail, nil

@@ -62,7 +62,7 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		switch ex, err := settle(ctx, cli, st, p, opts.EtcdUser); {
 		case errors.Is(err, rpctypes.ErrCompacted):
 			return nil, refuse("an earlier confirm saved its keys to %s and was interrupted; whether it deleted them cannot be told any more "+
-				"(etcd compacted those revisions): if they are gone, `etcdguard guard undo %s` puts them back; else make a new plan with --dry-run",
+				"(etcd compacted those revisions): make a new plan with --dry-run, or if the keys are gone because of it, `etcdguard guard undo %s --assume-executed` puts them back",
 				deletedKey(p.Cluster, p.ID), p.ID)
 		case err != nil:
 			return nil, err
@@ -197,7 +197,12 @@ func interrupted(ctx context.Context, cli *clientv3.Client, st store.Store, p *P
 		return fmt.Errorf("%w; whether etcd deleted the range is not known (%v): the keys are saved in %s; run `etcdguard del --confirm %s` again, which asks etcd and finishes or deletes",
 			cause, err, saved, p.ID)
 	case ex == nil:
-		return fmt.Errorf("%w; etcd deleted nothing: the keys are saved in %s and the plan can be confirmed again", cause, saved)
+		// Nothing was deleted, as etcd can tell now: the saved copy goes, so no later undo,
+		// when etcd can no longer tell, takes it for a delete that happened.
+		if err := st.Delete(ctx, saved); err != nil {
+			return fmt.Errorf("%w; etcd deleted nothing, but the keys saved in %s could not be removed (%v): remove it before any `guard undo %s`", cause, saved, err, p.ID)
+		}
+		return fmt.Errorf("%w; etcd deleted nothing: the plan can be confirmed again", cause)
 	default:
 		return fmt.Errorf("%w; etcd deleted %d keys at revision %d: the plan is executed, its keys are saved in %s (`etcdguard guard undo %s` puts them back)",
 			cause, ex.Deleted, ex.Revision, saved, p.ID)
@@ -352,10 +357,20 @@ type UndoResult struct {
 	Conflicts []string `json:"conflicts"` // keys that exist now and were left alone
 }
 
+// UndoOptions configures Undo.
+type UndoOptions struct {
+	EtcdUser string // for the audit record
+	// AssumeExecuted puts back the saved keys that are missing even when etcd can no longer
+	// tell whether an interrupted confirm deleted them (it compacted those revisions): a
+	// key missing now may then have been deleted by its owner, not by the plan.
+	AssumeExecuted bool
+}
+
 // Undo puts an executed plan's saved keys back, never overwriting a key that exists now.
 // A key that had a lease gets it back if it still exists, else a new lease with the TTL
 // it had, so restored Events and the like still expire.
-func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id, etcdUser string) (*UndoResult, error) {
+func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id string, opts UndoOptions) (*UndoResult, error) {
+	etcdUser := opts.EtcdUser
 	p, err := LoadPlan(ctx, st, cluster, id)
 	if err != nil {
 		return nil, err
@@ -366,12 +381,14 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 	}
 	if state == "interrupted" {
 		switch ex, err := settle(ctx, cli, st, p, etcdUser); {
-		case errors.Is(err, rpctypes.ErrCompacted):
-			// etcd no longer has the revisions that would tell whether the delete ran. Undo
-			// never overwrites a key that exists, so putting back the saved keys that are
-			// missing is safe either way; refusing would strand them.
-			slog.WarnContext(ctx, "whether the interrupted confirm deleted the range cannot be told (etcd compacted those revisions); putting back the saved keys that are missing",
+		case errors.Is(err, rpctypes.ErrCompacted) && opts.AssumeExecuted:
+			slog.WarnContext(ctx, "whether the interrupted confirm deleted the range cannot be told (etcd compacted those revisions); putting back the saved keys that are missing, as --assume-executed asks",
 				"plan", id, "err", err)
+		case errors.Is(err, rpctypes.ErrCompacted):
+			// Either the confirm deleted them, or it deleted nothing and their owners did
+			// since: putting them back would then recreate what a controller removed.
+			return nil, fmt.Errorf("%w: plan %s: a confirm saved its keys and was interrupted, and etcd compacted the revisions that would tell whether it deleted them; "+
+				"check whether they are missing because of the plan (`etcdguard del --dry-run` of its range), then `etcdguard guard undo %s --assume-executed` puts back the missing ones", ErrRefused, id, id)
 		case err != nil:
 			return nil, err
 		case ex == nil:

@@ -57,7 +57,7 @@ func TestConfirmWithConcurrentDeleter(t *testing.T) {
 			t.Errorf("%s, deleted by someone else, is in the saved copy", k)
 		}
 	}
-	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, "")
+	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestConfirmInterrupted(t *testing.T) {
 		wantErr       string
 		deleted       bool
 	}{
-		{name: "before the delete", before: true, wantErr: "etcd deleted nothing: the keys are saved in"},
+		{name: "before the delete", before: true, wantErr: "etcd deleted nothing: the plan can be confirmed again"},
 		{name: "after the delete", after: true, wantErr: "recording the plan as executed failed", deleted: true},
 		{name: "after the delete, keys deleted by others", after: true, othersDelete: true, wantErr: "etcd deleted %d keys at revision", deleted: true},
 	}
@@ -132,16 +132,18 @@ func TestConfirmInterrupted(t *testing.T) {
 				if saved := e.savedKeys(t, p.ID); int64(len(saved)) != want || saved[victim] != !tc.othersDelete {
 					t.Fatalf("%d keys saved, want %d; the key others deleted is saved: %v", len(saved), want, saved[victim])
 				}
-				u, err := Undo(context.Background(), e.cli, e.st, "c1", p.ID, "")
+				u, err := Undo(context.Background(), e.cli, e.st, "c1", p.ID, UndoOptions{})
 				if err != nil || u.Restored != want {
 					t.Fatalf("undo: %+v, %v", u, err)
 				}
 				return
 			}
-			if len(plans) != 1 || plans[0].State != "interrupted" {
+			// what etcd said is recorded: the saved copy is gone, so no later undo can take it
+			// for a delete that happened
+			if len(plans) != 1 || plans[0].State != "planned" {
 				t.Fatalf("plans: %+v", plans)
 			}
-			if _, err := Undo(context.Background(), e.cli, e.st, "c1", p.ID, ""); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "never executed") {
+			if _, err := Undo(context.Background(), e.cli, e.st, "c1", p.ID, UndoOptions{}); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "not executed") {
 				t.Fatalf("undo of a plan never executed: %v", err)
 			}
 			ex, err := Confirm(context.Background(), e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true})
@@ -179,7 +181,7 @@ func TestUndoRestoresLeases(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if _, err := Undo(ctx, e.cli, e.st, "c1", p.ID, ""); err != nil {
+			if _, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			for _, k := range keys {
@@ -237,11 +239,48 @@ func TestUndoInterruptedAfterCompaction(t *testing.T) {
 	if _, err := Confirm(ctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "guard undo") {
 		t.Fatalf("confirm again after compaction: %v", err)
 	}
-	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, "")
-	if err != nil {
+	// Whether the plan or the keys' owners deleted them cannot be told any more: undo says
+	// so and puts back nothing, unless told to assume the plan did.
+	if _, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{}); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "--assume-executed") {
 		t.Fatalf("undo after compaction: %v", err)
+	}
+	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{AssumeExecuted: true})
+	if err != nil {
+		t.Fatalf("undo --assume-executed after compaction: %v", err)
 	}
 	if u.Restored != planned || e.count(t, r) != planned {
 		t.Fatalf("undo restored %d keys, %d in the range; the plan had %d", u.Restored, e.count(t, r), planned)
+	}
+}
+
+// A confirm interrupted before its delete, then the keys' owners delete them and etcd
+// compacts: undo never recreates them (the plan deleted nothing, which was known when the
+// confirm stopped).
+func TestUndoNeverRecreatesOwnersDeletes(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	r, _ := Interpret([]string{"/registry-kube-1/pods/"}, true, false)
+	p := e.plan(t, r)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hook(t, &beforeDelete, func(context.Context) { cancel() })
+	if _, err := Confirm(cctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); err == nil || !strings.Contains(err.Error(), "etcd deleted nothing") {
+		t.Fatalf("confirm interrupted before its delete: %v", err)
+	}
+	beforeDelete = func(context.Context) {}
+	del, err := e.cli.Delete(ctx, r.Start, clientv3.WithRange(r.End)) // the owners
+	if err != nil || del.Deleted == 0 {
+		t.Fatalf("owners' delete: %v", err)
+	}
+	if _, err := e.cli.Compact(ctx, del.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []UndoOptions{{}, {AssumeExecuted: true}} {
+		if _, err := Undo(ctx, e.cli, e.st, "c1", p.ID, o); !errors.Is(err, ErrRefused) {
+			t.Fatalf("undo %+v of a plan that deleted nothing: %v", o, err)
+		}
+	}
+	if n := e.count(t, r); n != 0 {
+		t.Fatalf("undo recreated %d keys their owners deleted", n)
 	}
 }

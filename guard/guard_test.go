@@ -154,7 +154,7 @@ func incidentReplay(t *testing.T) {
 		t.Fatalf("second confirm: %v", err)
 	}
 
-	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, "")
+	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func TestUndoLeavesNewKeysAlone(t *testing.T) {
 	if _, err := e.cli.Put(ctx, p.FirstKey, "recreated"); err != nil {
 		t.Fatal(err)
 	}
-	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, "")
+	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,14 +19,19 @@ func newGuardCommand(g *globalOptions) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runGuardPlans(cmd.Context(), g)
 		},
-	}, &cobra.Command{
+	})
+	var undo guard.UndoOptions
+	undoCmd := &cobra.Command{
 		Use:   "undo PLAN_ID",
 		Short: "Put back the keys an executed plan deleted, never overwriting a key that exists now",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runGuardUndo(cmd.Context(), g, args[0])
+			return runGuardUndo(cmd.Context(), g, args[0], undo)
 		},
-	})
+	}
+	undoCmd.Flags().BoolVar(&undo.AssumeExecuted, "assume-executed", false,
+		"for a confirm that was interrupted so long ago that etcd can no longer tell whether it deleted the keys: put back the saved keys that are missing")
+	cmd.AddCommand(undoCmd)
 	return cmd
 }
 
@@ -62,13 +67,14 @@ func runGuardPlans(ctx context.Context, g *globalOptions) error {
 	return err
 }
 
-func runGuardUndo(ctx context.Context, g *globalOptions, id string) error {
+func runGuardUndo(ctx context.Context, g *globalOptions, id string, opts guard.UndoOptions) error {
 	st, cli, cluster, etcdUser, err := g.guardSession(ctx)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	res, err := guard.Undo(ctx, cli, st, cluster, id, etcdUser)
+	opts.EtcdUser = etcdUser
+	res, err := guard.Undo(ctx, cli, st, cluster, id, opts)
 	if err != nil {
 		return err
 	}

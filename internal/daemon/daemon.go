@@ -251,7 +251,7 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	close(drain)
 	select {
 	case <-captured:
-	case <-time.After(15 * time.Second):
+	case <-time.After(10 * time.Second):
 		stopCapture(errors.New("shutting down"))
 	}
 	term.end(nil)
