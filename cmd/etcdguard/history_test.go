@@ -156,8 +156,17 @@ func TestE2EHistoriesAcrossRestores(t *testing.T) {
 
 	// Idle: nothing written for a few seconds; a point a second ago is still exact, because
 	// capture records how far it saw etcd. A point past that is refused, writing nothing.
-	time.Sleep(3 * time.Second)
-	restoreEquals(t, storeURL, stateAt(z), "--at", time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano))
+	time.Sleep(2 * time.Second)
+	idleAt := time.Now().Add(-time.Second)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) { // the daemon records it every second or so
+		if o := must(delta.ReadObserved(ctx, st, "prod", h3snap.History)); o != nil && !o.Time.Before(idleAt) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon recorded no observation of the idle cluster after %s", idleAt.Format(time.RFC3339Nano))
+		}
+	}
+	restoreEquals(t, storeURL, stateAt(z), "--at", idleAt.UTC().Format(time.RFC3339Nano))
 	future := filepath.Join(t.TempDir(), "future", "m1.etcd")
 	r = run(t, nil, "restore", "--store", storeURL, "--at", time.Now().Add(time.Hour).UTC().Format(time.RFC3339), "--name", "m1",
 		"--initial-cluster", "m1="+peerURL, "--data-dir", future)
