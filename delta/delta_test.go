@@ -127,9 +127,7 @@ var h1 = Identity{History: "20260101T000000Z-aaaaaa"}
 func snapshots(t *testing.T, cli *clientv3.Client, st store.Store) func(context.Context, string) (*snapshot.Manifest, error) {
 	return func(ctx context.Context, history string) (*snapshot.Manifest, error) {
 		opts := snapshot.SaveOptions{Cluster: "c1", Endpoint: cli.Endpoints()[0], Compression: "zstd", Level: "fastest",
-			History: func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
-				return history, Tail(ctx, cli, rev), nil
-			}}
+			History: InHistory(cli, history)}
 		if history == "" { // as the daemon does
 			opts.History = Identify(cli, st, "c1")
 		}
@@ -568,5 +566,39 @@ func TestDrainWithEtcdDown(t *testing.T) {
 	case <-done:
 	case <-time.After(drainTimeout + 10*time.Second):
 		t.Fatalf("capture's drain had not returned %s after etcd went down", time.Since(start).Round(time.Second))
+	}
+}
+
+// compacting is a store whose snapshot uploads wait while etcd moves on and compacts past
+// the snapshot's revision, as a long upload under Kubernetes' 5-minute compaction does.
+type compacting struct {
+	store.Store
+	cli *clientv3.Client
+}
+
+func (c *compacting) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	if strings.HasSuffix(key, ".db.zst") {
+		time.Sleep(300 * time.Millisecond) // a long upload
+		var rev int64
+		for i := range 5 {
+			rev = must(c.cli.Put(ctx, fmt.Sprintf("/registry/later/%d", i), "x")).Header.Revision
+		}
+		must(c.cli.Compact(ctx, rev, clientv3.WithCompactPhysical()))
+	}
+	return c.Store.Put(ctx, key, r)
+}
+
+// A snapshot's sample of the keys written at its revision is taken as it streams, so an
+// upload that etcd outlasts with a compaction still records one (without it, the snapshot
+// would be a point no restore could be told apart from).
+func TestSnapshotTailSurvivesCompactionDuringUpload(t *testing.T) {
+	ctx := context.Background()
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	st := &compacting{Store: must(file.Open(t.TempDir())), cli: cli}
+	must(cli.Put(ctx, "/registry/a", "1"))
+	m := must(snapshots(t, cli, st)(ctx, h1.History))
+	if len(m.Tail) != 1 || string(m.Tail[0].Key) != "/registry/a" {
+		t.Fatalf("snapshot at revision %d has tail %+v, want the key written at it", m.Revision, m.Tail)
 	}
 }

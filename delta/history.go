@@ -270,35 +270,90 @@ func Latest(ctx context.Context, st store.Store, cluster string) (*Mark, error) 
 
 // Identify is a snapshot.SaveOptions.History for saves outside capture: a snapshot belongs
 // to the history of the newest stored point if etcd continues it, else to a new one.
-func Identify(cli *clientv3.Client, st store.Store, cluster string) func(context.Context, int64) (string, []snapshot.TailKey, error) {
-	return func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
-		tail := Tail(ctx, cli, rev)
-		latest, err := Latest(ctx, st, cluster)
-		if err != nil {
-			return "", nil, err
-		}
-		if latest == nil || latest.History == "" {
-			return NewHistory(time.Now()), tail, nil
-		}
-		// The snapshot is stored already (this runs before its manifest): an etcd blip must
-		// not throw a big upload away, so the check is tried a few times.
-		var v Verdict
-		for attempt := 1; ; attempt++ {
-			if v, err = Check(ctx, cli, latest); err == nil || attempt == 3 || ctx.Err() != nil {
-				break
+func Identify(cli *clientv3.Client, st store.Store, cluster string) func(context.Context, int64) snapshot.HistoryFunc {
+	return func(ctx context.Context, startRev int64) snapshot.HistoryFunc {
+		sample := sampleTail(ctx, cli, startRev)
+		return func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
+			tail := sample(ctx, rev)
+			latest, err := Latest(ctx, st, cluster)
+			if err != nil {
+				return "", nil, err
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(2 * time.Second):
+			if latest == nil || latest.History == "" {
+				return NewHistory(time.Now()), tail, nil
+			}
+			// The snapshot is stored already (this runs before its manifest): an etcd blip
+			// must not throw a big upload away, so the check is tried a few times.
+			var v Verdict
+			for attempt := 1; ; attempt++ {
+				if v, err = Check(ctx, cli, latest); err == nil || attempt == 3 || ctx.Err() != nil {
+					break
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(2 * time.Second):
+				}
+			}
+			if err != nil {
+				return "", nil, err
+			}
+			if v.Changed != "" || v.Undecided {
+				return NewHistory(time.Now()), tail, nil
+			}
+			return latest.History, tail, nil
+		}
+	}
+}
+
+// InHistory is a snapshot.SaveOptions.History that files the snapshot under history.
+func InHistory(cli *clientv3.Client, history string) func(context.Context, int64) snapshot.HistoryFunc {
+	return func(ctx context.Context, startRev int64) snapshot.HistoryFunc {
+		sample := sampleTail(ctx, cli, startRev)
+		return func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
+			return history, sample(ctx, rev), nil
+		}
+	}
+}
+
+// sampledRevisions bounds what sampleTail keeps: a snapshot's revision is the one etcd is
+// at when its stream starts, a few revisions past the one read just before.
+const sampledRevisions = 256
+
+// sampleTail watches from startRev while a snapshot streams and keeps a sample of each of
+// the next revisions, so the snapshot's own revision can be sampled however long its
+// upload takes (etcd may compact it meanwhile). The function it returns stops the watch and
+// samples rev from what it saw, else from etcd. The watch ends with ctx too.
+func sampleTail(ctx context.Context, cli *clientv3.Client, startRev int64) func(context.Context, int64) []snapshot.TailKey {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	var mu sync.Mutex
+	seen := map[int64][]snapshot.TailKey{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for resp := range cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(startRev)) {
+			if resp.Err() != nil {
+				return
+			}
+			mu.Lock()
+			for _, r := range FromWatch(resp, time.Time{}) {
+				if r.Rev < startRev+sampledRevisions {
+					seen[r.Rev] = tailOf(r)
+				}
+			}
+			full := len(seen) >= sampledRevisions
+			mu.Unlock()
+			if full {
+				return
 			}
 		}
-		if err != nil {
-			return "", nil, err
+	}()
+	return func(ctx context.Context, rev int64) []snapshot.TailKey {
+		cancel()
+		<-done
+		if t, ok := seen[rev]; ok {
+			return t
 		}
-		if v.Changed != "" || v.Undecided {
-			return NewHistory(time.Now()), tail, nil
-		}
-		return latest.History, tail, nil
+		return Tail(ctx, cli, rev)
 	}
 }
 

@@ -24,13 +24,19 @@ type SaveOptions struct {
 	// StaleUploadAge: uploads of this cluster's snapshots that started longer ago than
 	// this are aborted first (leftovers of a killed save). 0 skips the clean-up.
 	StaleUploadAge time.Duration
-	// History, if set, names the history the snapshot at rev belongs to, with a sample of
-	// the keys written at rev; it runs after the stream, before the manifest is written.
-	History func(ctx context.Context, rev int64) (history string, tail []TailKey, err error)
+	// History, if set, is called as the stream starts, with the revision etcd was at just
+	// before; the function it returns names, after the stream and before the manifest is
+	// written, the history the snapshot at rev belongs to, with a sample of the keys
+	// written at rev (sampled from the start: a long upload may outlive rev in etcd).
+	History func(ctx context.Context, startRev int64) HistoryFunc
 	// Progress, if set, is called with the raw bytes received so far, from the streaming
 	// goroutine; it must be cheap.
 	Progress func(raw int64)
 }
+
+// HistoryFunc names the history a stored snapshot at rev belongs to, with a sample of the
+// keys written at rev.
+type HistoryFunc func(ctx context.Context, rev int64) (history string, tail []TailKey, err error)
 
 // Save streams a snapshot of the member behind cli into st:
 // etcd → sha256 and revision scan → compression → store, with no temporary file. The
@@ -59,6 +65,12 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 	}
 	if err := etcdclient.SnapshotSource(opts.Endpoint, status); err != nil {
 		return nil, err
+	}
+	var history HistoryFunc
+	if opts.History != nil {
+		hctx, stop := context.WithCancel(ctx)
+		defer stop()
+		history = opts.History(hctx, status.Header.Revision)
 	}
 	started := time.Now().UTC()
 	m := &Manifest{
@@ -122,8 +134,8 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 	m.DBSize, m.SHA256, m.Revision, m.CompactRevision = d.Size, d.SHA256, d.Revision, d.CompactRevision
 	m.StoredSize = put.n
 	m.KeyCount = countKeys(ctx, cli, m.Revision, log)
-	if opts.History != nil {
-		if m.History, m.Tail, err = opts.History(ctx, m.Revision); err != nil {
+	if history != nil {
+		if m.History, m.Tail, err = history(ctx, m.Revision); err != nil {
 			// Nothing names the object yet: remove it so it does not cost storage.
 			if derr := st.Delete(context.WithoutCancel(ctx), m.Object); derr != nil {
 				log.WarnContext(ctx, "could not remove object without manifest", "object", m.Object, "err", derr)

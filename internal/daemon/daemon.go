@@ -319,9 +319,7 @@ func (d *Daemon) save(ctx context.Context, history string) (*snapshot.Manifest, 
 	opts.Endpoint = endpoint
 	opts.History = delta.Identify(cli, d.cfg.Store, d.cfg.Cluster)
 	if history != "" {
-		opts.History = func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
-			return history, delta.Tail(ctx, cli, rev), nil
-		}
+		opts.History = delta.InHistory(cli, history)
 	}
 	return snapshot.Save(ctx, cli, d.cfg.Store, opts)
 }
