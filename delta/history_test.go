@@ -128,3 +128,59 @@ func TestCheckAfterRestore(t *testing.T) {
 		})
 	}
 }
+
+// After a compaction past the mark, with no content left to compare: the raft log decides,
+// if the client reaches every member or the leader. Through a follower alone (the others
+// not answering) nothing can tell the same history from a restore with the old token and
+// --bump-revision, and Check says it is undecided rather than "the same".
+func TestCheckUndecidedThroughAFollower(t *testing.T) {
+	ctx := context.Background()
+	c := testharness.StartEtcdCluster(t, 3)
+	cli := c.Client(t)
+	var mark *delta.Mark
+	for i := range 20 {
+		r, err := cli.Put(ctx, fmt.Sprintf("/registry/a/%d", i), "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 9 {
+			kv := must(cli.Get(ctx, fmt.Sprintf("/registry/a/%d", i))).Kvs[0]
+			mark = &delta.Mark{History: "h", ClusterID: fmt.Sprintf("%x", r.Header.ClusterId), Revision: r.Header.Revision, RaftIndex: 1,
+				Tail: []snapshot.TailKey{{Key: kv.Key, Sum: "whatever: compacted before it is compared"}}}
+		}
+	}
+	now := must(cli.Get(ctx, "x")).Header.Revision
+	must(cli.Compact(ctx, now, clientv3.WithCompactPhysical()))
+	var follower string
+	for _, ep := range c.Endpoints() {
+		if st := must(cli.Status(ctx, ep)); st.Leader != st.Header.MemberId {
+			follower = ep
+			break
+		}
+	}
+	dead := fmt.Sprintf("http://127.0.0.1:%d", testharness.FreePorts(t, 1)[0])
+	for _, tc := range []struct {
+		name      string
+		endpoints []string
+		undecided bool
+	}{
+		{"every member", c.Endpoints(), false},
+		{"a follower, another member not answering", []string{follower, dead}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fcli := must(clientv3.New(clientv3.Config{Endpoints: tc.endpoints, DialTimeout: 5 * time.Second}))
+			defer fcli.Close()
+			v, err := delta.Check(ctx, fcli, mark)
+			if err != nil || v.Changed != "" || !v.Compacted || v.Undecided != tc.undecided {
+				t.Fatalf("Check = %+v, %v; want compacted, undecided %v", v, err, tc.undecided)
+			}
+		})
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
