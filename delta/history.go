@@ -353,13 +353,13 @@ func sampleTail(ctx context.Context, cli *clientv3.Client, startRev int64) func(
 		if t, ok := seen[rev]; ok {
 			return t
 		}
-		return Tail(ctx, cli, rev)
+		return tailAt(ctx, cli, rev)
 	}
 }
 
-// Tail samples the keys written at rev, from etcd; nil if etcd no longer has them, or rev
+// tailAt samples the keys written at rev, from etcd; nil if etcd no longer has them, or rev
 // wrote none (the revision a --bump-revision restore starts at).
-func Tail(ctx context.Context, cli *clientv3.Client, rev int64) []snapshot.TailKey {
+func tailAt(ctx context.Context, cli *clientv3.Client, rev int64) []snapshot.TailKey {
 	wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 5*time.Second)
 	defer cancel()
 	wch := cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(rev))
