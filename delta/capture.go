@@ -161,6 +161,16 @@ func (c *Capturer) drained() bool {
 	}
 }
 
+// checkTimeout bounds a history check: capture checks before every segment, and an etcd
+// that does not answer must make it fail and report, not wait forever.
+const checkTimeout = 30 * time.Second
+
+func (c *Capturer) check(ctx context.Context, m *Mark) (Verdict, error) {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	return Check(ctx, c.Cli, m)
+}
+
 // drainTimeout bounds storing what was buffered on a graceful stop: etcd may be going down
 // with the node, and the check before a segment is written needs it.
 const drainTimeout = 10 * time.Second
@@ -201,7 +211,7 @@ func (c *Capturer) resume(ctx context.Context, log *slog.Logger) (*Mark, error) 
 	case newest.History == "":
 		return c.newTimeline(ctx, log, "", "the stored snapshots and deltas predate histories")
 	default:
-		if v, err = Check(ctx, c.Cli, newest); err != nil {
+		if v, err = c.check(ctx, newest); err != nil {
 			return nil, fmt.Errorf("checking that etcd continues history %s: %w", newest.History, err)
 		}
 	}
@@ -235,7 +245,7 @@ func (c *Capturer) resume(ctx context.Context, log *slog.Logger) (*Mark, error) 
 	if newest == snap && seg != nil {
 		// A snapshot newer than the last segment (taken while capture was down): if etcd
 		// still holds the revisions after the segment, resume there and leave no gap.
-		if sv, err := Check(ctx, c.Cli, seg); err == nil && sv.Changed == "" && !sv.Compacted {
+		if sv, err := c.check(ctx, seg); err == nil && sv.Changed == "" && !sv.Compacted {
 			return seg, nil
 		}
 	}
@@ -284,7 +294,7 @@ func (c *Capturer) watch(ctx context.Context, from *Mark) (int64, error) {
 		if len(buf) == 0 {
 			return nil
 		}
-		v, err := Check(fctx, c.Cli, last)
+		v, err := c.check(fctx, last)
 		if err != nil {
 			return fmt.Errorf("checking etcd's history before storing revisions %d-%d: %w", buf[0].Rev, buf[len(buf)-1].Rev, err)
 		}
@@ -348,7 +358,7 @@ func (c *Capturer) watch(ctx context.Context, from *Mark) (int64, error) {
 				// Idle: make sure etcd still continues the history (a restore onto the
 				// same endpoints may not break the watch, which the client resumes by
 				// itself), then ask how far etcd is, to record it.
-				v, err := Check(ctx, c.Cli, last)
+				v, err := c.check(ctx, last)
 				if err != nil {
 					return rev, fmt.Errorf("checking etcd's history while idle: %w", err)
 				}

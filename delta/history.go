@@ -286,7 +286,10 @@ func Identify(cli *clientv3.Client, st store.Store, cluster string) func(context
 			// must not throw a big upload away, so the check is tried a few times.
 			var v Verdict
 			for attempt := 1; ; attempt++ {
-				if v, err = Check(ctx, cli, latest); err == nil || attempt == 3 || ctx.Err() != nil {
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				v, err = Check(cctx, cli, latest)
+				cancel()
+				if err == nil || attempt == 3 || ctx.Err() != nil {
 					break
 				}
 				select {
