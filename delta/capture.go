@@ -231,7 +231,10 @@ func (c *Capturer) resume(ctx context.Context, log *slog.Logger) (*Mark, error) 
 		// The snapshot finds its history itself ("": the one a scheduled snapshot may have
 		// started a moment ago, so one restore makes one new history), never the old one.
 		m, err := c.newTimeline(ctx, log, "", v.Changed)
-		if err == nil && m.History == newest.History {
+		// When it was only undecided, the snapshot's own check (through the member it
+		// streamed from, whose raft log then bounds everything) may well find the same
+		// history: that is a decision, not a contradiction.
+		if err == nil && m.History == newest.History && !v.Undecided {
 			err = fmt.Errorf("the full snapshot after etcd's history changed was filed under the old history %s; retrying", newest.History)
 		}
 		return m, err
