@@ -45,6 +45,18 @@ build etcdutl go.etcd.io/etcd/etcdutl/v3 go.mod go.sum
 build loadgen ./internal/tools/loadgen go.mod go.sum internal/loadgen/*.go internal/tools/loadgen/*.go
 build runstat ./internal/tools/runstat go.mod internal/tools/runstat/*.go
 
+# kube-apiserver comes from k8s.io/kubernetes, in a module of its own (it pins every
+# k8s.io staging module with replace lines, which must not leak into ours); the first
+# build takes about five minutes on 2 cores.
+kas=internal/tools/kube-apiserver
+if stale "$bin/kube-apiserver" $kas/go.mod $kas/go.sum $kas/*.go; then
+	t0=$SECONDS
+	(cd "$kas" && go build -o "$bin/kube-apiserver" .)
+	touch "$bin/kube-apiserver"
+	echo "built bin/kube-apiserver ($((SECONDS - t0))s)"
+	built=$((built + 1))
+fi
+
 # versitygw does not come from our go.mod, so it is keyed on its version,
 # which go records in the binary; rebuilding it takes about two minutes.
 if ! go version -m "$bin/versitygw" 2>/dev/null | grep -q "mod[[:space:]]*github.com/versity/versitygw[[:space:]]*$VERSITYGW_VERSION[[:space:]]"; then

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	certv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdguard/etcdguard/internal/testharness"
+)
+
+// kubeCluster is a single-member etcd with client TLS as kubeadm sets it up, and a real
+// kube-apiserver storing under /registry-kube-1 (the outage's prefix) on it.
+type kubeCluster struct {
+	pki  *testharness.KubeadmPKI
+	etcd *testharness.EtcdProc
+	api  *testharness.KubeAPIServer
+	cs   *kubernetes.Clientset
+}
+
+func startKubeCluster(t *testing.T) *kubeCluster {
+	t.Helper()
+	pki := testharness.GenerateKubeadmPKI(t)
+	ports := testharness.FreePorts(t, 2)
+	etcd := testharness.StartEtcdProc(t, testharness.ProcConfig{Name: "m1", DataDir: filepath.Join(t.TempDir(), "m1.etcd"),
+		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
+		ExtraArgs: pki.EtcdTLSArgs()})
+	tlsCfg, err := transport.TLSInfo{CertFile: pki.ClientCert, KeyFile: pki.ClientKey, TrustedCAFile: pki.CACert}.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := must(clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}, TLS: tlsCfg, DialTimeout: 5 * time.Second}))
+	defer cli.Close()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Get(ctx, "health")
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd with client TLS not serving after 30s: %v", err)
+		}
+	}
+	api := testharness.StartKubeAPIServer(t, []string{etcd.Endpoint()}, pki, "/registry-kube-1")
+	return &kubeCluster{pki: pki, etcd: etcd, api: api, cs: api.Client(t)}
+}
+
+// etcdguard returns the global flags an operator on the master gives.
+func (k *kubeCluster) etcdguard(storeURL string, args ...string) []string {
+	return append(append(append([]string{}, args...), "--endpoints", k.etcd.Endpoint(), "--store", storeURL, "--cluster", "prod"), k.pki.EtcdctlArgs()...)
+}
+
+// populate creates, through the API, what a small cluster holds.
+func (k *kubeCluster) populate(t *testing.T, namespaces []string, perNS int) {
+	t.Helper()
+	ctx := context.Background()
+	for _, ns := range namespaces {
+		must(k.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
+		for i := range perNS {
+			name := fmt.Sprintf("cm-%d", i)
+			must(k.cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name},
+				Data: map[string]string{"key": ns + "/" + name}}, metav1.CreateOptions{}))
+			must(k.cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("secret-%d", i)},
+				StringData: map[string]string{"password": "p" + name}}, metav1.CreateOptions{}))
+		}
+		labels := map[string]string{"app": "web"}
+		must(k.cs.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "web"},
+			Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: labels}, Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "nginx"}}}}}}, metav1.CreateOptions{}))
+	}
+	for i := range 3 {
+		key := must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))
+		der := must(x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: fmt.Sprintf("user-%d", i)}}, key))
+		must(k.cs.CertificatesV1().CertificateSigningRequests().Create(ctx, &certv1.CertificateSigningRequest{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("csr-%d", i)},
+			Spec: certv1.CertificateSigningRequestSpec{Request: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
+				SignerName: "kubernetes.io/kube-apiserver-client", Usages: []certv1.KeyUsage{certv1.UsageClientAuth}}}, metav1.CreateOptions{}))
+	}
+}
+
+// apiCounts is what the API serves, per resource type, across namespaces.
+func (k *kubeCluster) apiCounts(t *testing.T) map[string]int {
+	t.Helper()
+	ctx, all := context.Background(), metav1.ListOptions{}
+	return map[string]int{
+		"namespaces":                 len(must(k.cs.CoreV1().Namespaces().List(ctx, all)).Items),
+		"configmaps":                 len(must(k.cs.CoreV1().ConfigMaps("").List(ctx, all)).Items),
+		"secrets":                    len(must(k.cs.CoreV1().Secrets("").List(ctx, all)).Items),
+		"deployments":                len(must(k.cs.AppsV1().Deployments("").List(ctx, all)).Items),
+		"certificatesigningrequests": len(must(k.cs.CertificatesV1().CertificateSigningRequests().List(ctx, all)).Items),
+	}
+}
+
+// waitConfigMaps waits until the API serves n configmaps in ns (its watch cache follows
+// etcd a moment behind).
+func (k *kubeCluster) waitConfigMaps(t *testing.T, ns string, n int) *corev1.ConfigMapList {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		l := must(k.cs.CoreV1().ConfigMaps(ns).List(context.Background(), metav1.ListOptions{}))
+		if len(l.Items) == n {
+			return l
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the API serves %d configmaps in %s, want %d", len(l.Items), ns, n)
+		}
+	}
+}
+
+// The outage, replayed against a real API server: its command is refused and deletes
+// nothing, and its dry run counts per resource type what the API lists; a guarded delete
+// of one namespace's configmaps disappears from the API, and undo brings them back there.
+func TestE2EKubeGuard(t *testing.T) {
+	k := startKubeCluster(t)
+	k.populate(t, []string{"team-a", "team-b"}, 4)
+	storeURL := "file://" + t.TempDir()
+	want := k.apiCounts(t)
+
+	r := run(t, nil, k.etcdguard(storeURL, "del", "/registry-kube-1/certificatesigningrequest", "prefix")...)
+	if r.code == 0 || !strings.Contains(r.stderr, "--dry-run") {
+		t.Fatalf("the outage's command: exit %d, %q", r.code, r.stderr)
+	}
+	if got := k.apiCounts(t); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after the refused command the API serves %v, before %v", got, want)
+	}
+	plan := decodeJSON[struct {
+		PlanID   string         `json:"plan_id"`
+		ByType   map[string]int `json:"by_type"`
+		Warnings []string       `json:"warnings"`
+	}](t, run(t, nil, k.etcdguard(storeURL, "del", "/registry-kube-1/certificatesigningrequest", "prefix", "--dry-run", "-o", "json")...))
+	t.Logf("the API lists %v; the dry run counts %v with %d warnings", want, plan.ByType, len(plan.Warnings))
+	for typ, n := range want {
+		if plan.ByType[typ] != n {
+			t.Errorf("the dry run counts %d %s, the API lists %d", plan.ByType[typ], typ, n)
+		}
+	}
+	if len(plan.Warnings) == 0 {
+		t.Error("the outage's range gets no warning")
+	}
+
+	before := k.waitConfigMaps(t, "team-a", 4)
+	p := decodeJSON[struct {
+		PlanID string `json:"plan_id"`
+	}](t, run(t, nil, k.etcdguard(storeURL, "del", "/registry-kube-1/configmaps/team-a/", "--prefix", "--dry-run", "-o", "json")...))
+	if r := run(t, nil, k.etcdguard(storeURL, "del", "--confirm", p.PlanID, "--accept-warnings")...); r.code != 0 {
+		t.Fatalf("confirm: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	k.waitConfigMaps(t, "team-a", 0)
+	k.waitConfigMaps(t, "team-b", 4)
+	if r := run(t, nil, k.etcdguard(storeURL, "guard", "undo", p.PlanID)...); r.code != 0 {
+		t.Fatalf("undo: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	after := k.waitConfigMaps(t, "team-a", 4)
+	for i, cm := range after.Items {
+		if cm.Name != before.Items[i].Name || cm.Data["key"] != before.Items[i].Data["key"] || cm.UID != before.Items[i].UID {
+			t.Errorf("configmap %s came back as %s %v (uid %s), was %v (uid %s)", before.Items[i].Name, cm.Name, cm.Data, cm.UID, before.Items[i].Data, before.Items[i].UID)
+		}
+	}
+}

@@ -1,0 +1,188 @@
+package testharness
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// KubeadmPKI is an etcd PKI laid out as kubeadm writes it under /etc/kubernetes/pki:
+// etcd/ca.crt, etcd/server.{crt,key}, etcd/healthcheck-client.{crt,key} and the API
+// server's apiserver-etcd-client.{crt,key}.
+type KubeadmPKI struct {
+	Dir string // the pki dir
+	TLSFiles
+	APIServerCert, APIServerKey string
+}
+
+// GenerateKubeadmPKI writes a fresh etcd CA and certificates in kubeadm's layout.
+func GenerateKubeadmPKI(t testing.TB) *KubeadmPKI {
+	t.Helper()
+	f := GenerateTLS(t)
+	dir := filepath.Join(t.TempDir(), "pki")
+	if err := os.MkdirAll(filepath.Join(dir, "etcd"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := func(from, to string) string {
+		to = filepath.Join(dir, to)
+		if err := os.Link(from, to); err != nil {
+			t.Fatal(err)
+		}
+		return to
+	}
+	p := &KubeadmPKI{Dir: dir}
+	p.CACert = link(f.CACert, "etcd/ca.crt")
+	p.ServerCert, p.ServerKey = link(f.ServerCert, "etcd/server.crt"), link(f.ServerKey, "etcd/server.key")
+	p.ClientCert, p.ClientKey = link(f.ClientCert, "etcd/healthcheck-client.crt"), link(f.ClientKey, "etcd/healthcheck-client.key")
+	p.APIServerCert, p.APIServerKey = link(f.ClientCert, "apiserver-etcd-client.crt"), link(f.ClientKey, "apiserver-etcd-client.key")
+	return p
+}
+
+// EtcdTLSArgs are the etcd flags kubeadm's manifest sets for client TLS.
+func (p *KubeadmPKI) EtcdTLSArgs() []string {
+	return []string{"--cert-file", p.ServerCert, "--key-file", p.ServerKey, "--client-cert-auth", "--trusted-ca-file", p.CACert}
+}
+
+// EtcdctlArgs are the TLS flags for etcdctl and etcdguard, as an operator on a kubeadm
+// master gives them.
+func (p *KubeadmPKI) EtcdctlArgs() []string {
+	return []string{"--cacert", p.CACert, "--cert", p.ClientCert, "--key", p.ClientKey}
+}
+
+// KubeAPIServer is a real kube-apiserver (bin/kube-apiserver) on loopback.
+type KubeAPIServer struct {
+	URL, Token, Prefix string
+	LogPath            string
+	cmd                *exec.Cmd
+	done               chan struct{}
+}
+
+// StartKubeAPIServer starts a kube-apiserver storing under prefix in the etcd at endpoints
+// (client TLS from pki), and waits until it is ready.
+func StartKubeAPIServer(t testing.TB, endpoints []string, pki *KubeadmPKI, prefix string) *KubeAPIServer {
+	t.Helper()
+	bin := Bin(t, "kube-apiserver")
+	dir := t.TempDir()
+	token := randHex(16)
+	tokens := filepath.Join(dir, "tokens.csv")
+	if err := os.WriteFile(tokens, []byte(token+",admin,admin,system:masters\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saPriv := writePEM(t, dir, "sa.key", "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey))
+	pub, err := x509.MarshalPKIXPublicKey(&saKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saPub := writePEM(t, dir, "sa.pub", "PUBLIC KEY", pub)
+	var lastErr error
+	for range startAttempts {
+		port := FreePorts(t, 1)[0]
+		k := &KubeAPIServer{URL: fmt.Sprintf("https://127.0.0.1:%d", port), Token: token, Prefix: prefix,
+			LogPath: filepath.Join(dir, fmt.Sprintf("kube-apiserver-%d.log", port)), done: make(chan struct{})}
+		logf, err := os.Create(k.LogPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.cmd = exec.Command(bin,
+			"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", fmt.Sprint(port),
+			"--endpoint-reconciler-type", "none", "--cert-dir", filepath.Join(dir, "certs"),
+			"--token-auth-file", tokens, "--authorization-mode", "AlwaysAllow",
+			"--service-account-key-file", saPub, "--service-account-signing-key-file", saPriv,
+			"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+			"--service-cluster-ip-range", "10.96.0.0/12",
+			"--etcd-servers", strings.Join(endpoints, ","), "--etcd-prefix", prefix,
+			"--etcd-cafile", pki.CACert, "--etcd-certfile", pki.APIServerCert, "--etcd-keyfile", pki.APIServerKey,
+			"--enable-priority-and-fairness=false", "--profiling=false", "--v=1")
+		k.cmd.SysProcAttr = killWithParent()
+		k.cmd.Stdout, k.cmd.Stderr = logf, logf
+		if err := k.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { k.cmd.Wait(); logf.Close(); close(k.done) }()
+		t.Cleanup(func() {
+			k.Stop()
+			if t.Failed() {
+				t.Logf("kube-apiserver log tail:\n%s", tail(k.LogPath))
+			}
+		})
+		if lastErr = k.waitReady(90 * time.Second); lastErr == nil {
+			return k
+		}
+		k.Stop()
+		if !strings.Contains(tail(k.LogPath), "address already in use") {
+			break
+		}
+	}
+	t.Fatalf("kube-apiserver did not become ready: %v\n%s", lastErr, "see the log tail above")
+	return nil
+}
+
+func (k *KubeAPIServer) waitReady(timeout time.Duration) error {
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case <-k.done:
+			return fmt.Errorf("kube-apiserver exited:\n%s", tail(k.LogPath))
+		default:
+		}
+		req, _ := http.NewRequest(http.MethodGet, k.URL+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+k.Token)
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s:\n%s", timeout, tail(k.LogPath))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Stop stops the API server (SIGTERM, then SIGKILL) and waits for it.
+func (k *KubeAPIServer) Stop() {
+	if k.cmd == nil || k.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-k.done:
+		return
+	default:
+	}
+	_ = k.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-k.done:
+	case <-time.After(stopGrace):
+		_ = k.cmd.Process.Kill()
+		<-k.done
+	}
+}
+
+// Client returns a client-go clientset for the API server, as cluster admin.
+func (k *KubeAPIServer) Client(t testing.TB) *kubernetes.Clientset {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: k.URL, BearerToken: k.Token,
+		TLSClientConfig: rest.TLSClientConfig{Insecure: true}, QPS: 200, Burst: 400, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
