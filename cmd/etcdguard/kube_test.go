@@ -9,7 +9,9 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +19,9 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -173,5 +177,143 @@ func TestE2EKubeGuard(t *testing.T) {
 		if cm.Name != before.Items[i].Name || cm.Data["key"] != before.Items[i].Data["key"] || cm.UID != before.Items[i].UID {
 			t.Errorf("configmap %s came back as %s %v (uid %s), was %v (uid %s)", before.Items[i].Name, cm.Name, cm.Data, cm.UID, before.Items[i].Data, before.Items[i].UID)
 		}
+	}
+}
+
+// waitTLS waits until a TLS etcd at endpoints serves a linearizable read.
+func waitTLS(t *testing.T, pki *testharness.KubeadmPKI, endpoints []string) {
+	t.Helper()
+	tlsCfg, err := transport.TLSInfo{CertFile: pki.ClientCert, KeyFile: pki.ClientKey, TrustedCAFile: pki.CACert}.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := must(clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: tlsCfg, DialTimeout: 5 * time.Second}))
+	defer cli.Close()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := cli.Get(ctx, "health")
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd %v not serving after 60s: %v", endpoints, err)
+		}
+	}
+}
+
+// A snapshot taken while the API server writes, restored into a fresh 3-member cluster
+// with --bump-revision --mark-compacted, serves through a new API server every object of
+// the snapshot and none written after it; every resourceVersion is above any the old
+// cluster handed out, and a watch from an old one gets 410 Gone, so informers re-list
+// instead of missing events.
+func TestE2EKubeRestore(t *testing.T) {
+	ctx := context.Background()
+	k := startKubeCluster(t)
+	k.populate(t, []string{"team-a"}, 3)
+	must(k.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "churn"}}, metav1.CreateOptions{}))
+	storeURL := "file://" + t.TempDir()
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { // the API server keeps writing during the snapshot
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k.cs.CoreV1().ConfigMaps("churn").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("during-%d", i)}}, metav1.CreateOptions{})
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	snap := decodeJSON[struct {
+		ID       string `json:"id"`
+		Revision int64  `json:"revision"`
+	}](t, run(t, nil, k.etcdguard(storeURL, "snapshot", "save", "-o", "json")...))
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	<-done
+	for i := range 5 {
+		must(k.cs.CoreV1().ConfigMaps("churn").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("after-%d", i)}}, metav1.CreateOptions{}))
+	}
+	old := must(k.cs.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{}))
+	oldRV := must(strconv.ParseInt(old.ResourceVersion, 10, 64))
+	inSnapshot := map[string]bool{}
+	var after int
+	for _, cm := range old.Items {
+		rv := must(strconv.ParseInt(cm.ResourceVersion, 10, 64))
+		if rv <= snap.Revision {
+			inSnapshot[cm.Namespace+"/"+cm.Name] = true
+		} else {
+			after++
+		}
+	}
+	t.Logf("snapshot %s at revision %d holds %d configmaps; %d were written after it; the old cluster handed out resourceVersion %d",
+		snap.ID, snap.Revision, len(inSnapshot), after, oldRV)
+	if after < 6 || len(inSnapshot) < 5 {
+		t.Fatalf("%d configmaps in the snapshot, %d after it: the test needs both", len(inSnapshot), after)
+	}
+	k.api.Stop()
+	k.etcd.Stop()
+
+	ports := testharness.FreePorts(t, 6)
+	var peers, clients []string
+	for i := range 3 {
+		peers = append(peers, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1]))
+		clients = append(clients, fmt.Sprintf("https://127.0.0.1:%d", ports[2*i]))
+	}
+	dataDir := filepath.Join(t.TempDir(), "restored")
+	r := run(t, nil, "restore", "--store", storeURL, "--cluster", "prod", "--snapshot", snap.ID, "--all-members", "--data-dir", dataDir,
+		"--initial-cluster", strings.Join(peers, ","), "--bump-revision", "1000000", "--mark-compacted")
+	if r.code != 0 {
+		t.Fatalf("restore: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	for i := range 3 {
+		testharness.StartEtcdProc(t, testharness.ProcConfig{Name: fmt.Sprintf("m%d", i), DataDir: filepath.Join(dataDir, fmt.Sprintf("m%d.etcd", i)),
+			ClientURL: clients[i], PeerURL: strings.SplitN(peers[i], "=", 2)[1], InitialCluster: strings.Join(peers, ","), ExtraArgs: k.pki.EtcdTLSArgs()})
+	}
+	waitTLS(t, k.pki, clients)
+	api := testharness.StartKubeAPIServer(t, clients, k.pki, "/registry-kube-1")
+	cs := api.Client(t)
+
+	restored := must(cs.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{}))
+	got := map[string]bool{}
+	for _, cm := range restored.Items { // objects keep their own resourceVersions
+		got[cm.Namespace+"/"+cm.Name] = true
+	}
+	for name := range inSnapshot {
+		if !got[name] {
+			t.Errorf("configmap %s was in the snapshot and is not served", name)
+		}
+	}
+	for name := range got {
+		if !inSnapshot[name] {
+			t.Errorf("configmap %s is served but was written after the snapshot", name)
+		}
+	}
+	// What the new cluster hands out is above anything the old one did.
+	if rv := must(strconv.ParseInt(restored.ResourceVersion, 10, 64)); rv <= oldRV {
+		t.Errorf("the restored list's resourceVersion %d is not above the old cluster's %d", rv, oldRV)
+	}
+	created := must(cs.CoreV1().ConfigMaps("churn").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "new"}}, metav1.CreateOptions{}))
+	if rv := must(strconv.ParseInt(created.ResourceVersion, 10, 64)); rv <= oldRV {
+		t.Errorf("a configmap created after the restore has resourceVersion %d, not above the old cluster's %d", rv, oldRV)
+	}
+	w, err := cs.CoreV1().ConfigMaps("churn").Watch(ctx, metav1.ListOptions{ResourceVersion: old.ResourceVersion})
+	if err != nil {
+		if !apierrors.IsGone(err) && !apierrors.IsResourceExpired(err) {
+			t.Fatalf("watch from the old resourceVersion %s: %v, want 410 Gone", old.ResourceVersion, err)
+		}
+		return
+	}
+	defer w.Stop()
+	select {
+	case ev := <-w.ResultChan():
+		status, ok := ev.Object.(*metav1.Status)
+		if ev.Type != watch.Error || !ok || status.Code != http.StatusGone {
+			t.Fatalf("watch from the old resourceVersion %s sent %s %v, want 410 Gone", old.ResourceVersion, ev.Type, ev.Object)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("watch from the old resourceVersion %s sent nothing in 20s, want 410 Gone", old.ResourceVersion)
 	}
 }
