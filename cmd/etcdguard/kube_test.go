@@ -27,7 +27,9 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/delta/deltatest"
 	"github.com/etcdguard/etcdguard/internal/testharness"
+	"github.com/etcdguard/etcdguard/store/file"
 )
 
 // kubeCluster is a single-member etcd with client TLS as kubeadm sets it up, and a real
@@ -315,5 +317,75 @@ func TestE2EKubeRestore(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("watch from the old resourceVersion %s sent nothing in 20s, want 410 Gone", old.ResourceVersion)
+	}
+}
+
+// A namespace deleted through the API at T while the daemon captures deltas: `restore --at`
+// a second before T brings the namespace and its objects back in a new API server, and
+// nothing written after T.
+func TestE2EKubePointInTime(t *testing.T) {
+	ctx := context.Background()
+	k := startKubeCluster(t)
+	dir := t.TempDir()
+	st := must(file.Open(dir))
+	storeURL := "file://" + dir
+	startDaemon(t, nil, "", k.etcdguard(storeURL, "--schedule", "@every 1h", "--election-ttl", "3s", "--delta", "--delta-flush", "200ms")...)
+	waitSnapshots(t, st, 1)
+	k.populate(t, []string{"victim", "bystander"}, 4)
+	want := k.waitConfigMaps(t, "victim", 4)
+	time.Sleep(1200 * time.Millisecond)
+	at := time.Now().UTC()
+	time.Sleep(1200 * time.Millisecond)
+
+	// What the namespace controller does for a deleted namespace: its objects go, then it.
+	for _, del := range []func() error{
+		func() error {
+			return k.cs.CoreV1().ConfigMaps("victim").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		},
+		func() error {
+			return k.cs.CoreV1().Secrets("victim").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		},
+		func() error { return k.cs.AppsV1().Deployments("victim").Delete(ctx, "web", metav1.DeleteOptions{}) },
+		func() error { return k.cs.CoreV1().Namespaces().Delete(ctx, "victim", metav1.DeleteOptions{}) },
+	} {
+		if err := del(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns := must(k.cs.CoreV1().Namespaces().Get(ctx, "victim", metav1.GetOptions{}))
+	ns.Spec.Finalizers = nil
+	must(k.cs.CoreV1().Namespaces().Finalize(ctx, ns, metav1.UpdateOptions{}))
+	later := must(k.cs.CoreV1().ConfigMaps("bystander").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "later"}}, metav1.CreateOptions{}))
+	rev := must(strconv.ParseInt(later.ResourceVersion, 10, 64))
+	deltatest.Stored(t, st, "prod", rev)
+
+	ports := testharness.FreePorts(t, 2)
+	peer, client := fmt.Sprintf("http://127.0.0.1:%d", ports[1]), fmt.Sprintf("https://127.0.0.1:%d", ports[0])
+	dataDir := filepath.Join(t.TempDir(), "pitr.etcd")
+	r := run(t, nil, "restore", "--store", storeURL, "--cluster", "prod", "--at", at.Add(-time.Second).Format(time.RFC3339Nano),
+		"--name", "r", "--initial-cluster", "r="+peer, "--data-dir", dataDir, "--bump-revision", "1000000", "--mark-compacted")
+	if r.code != 0 {
+		t.Fatalf("restore --at: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	testharness.StartEtcdProc(t, testharness.ProcConfig{Name: "r", DataDir: dataDir, ClientURL: client, PeerURL: peer, ExtraArgs: k.pki.EtcdTLSArgs()})
+	waitTLS(t, k.pki, []string{client})
+	cs := testharness.StartKubeAPIServer(t, []string{client}, k.pki, "/registry-kube-1").Client(t)
+	if _, err := cs.CoreV1().Namespaces().Get(ctx, "victim", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the deleted namespace after restore --at: %v", err)
+	}
+	got := must(cs.CoreV1().ConfigMaps("victim").List(ctx, metav1.ListOptions{}))
+	if len(got.Items) != len(want.Items) {
+		t.Fatalf("restored %d configmaps in the deleted namespace, want %d", len(got.Items), len(want.Items))
+	}
+	for i, cm := range got.Items {
+		if cm.UID != want.Items[i].UID || cm.Data["key"] != want.Items[i].Data["key"] {
+			t.Errorf("configmap %s came back as %v (uid %s), was %v (uid %s)", cm.Name, cm.Data, cm.UID, want.Items[i].Data, want.Items[i].UID)
+		}
+	}
+	if n := len(must(cs.CoreV1().Secrets("victim").List(ctx, metav1.ListOptions{})).Items); n != 4 {
+		t.Errorf("restored %d secrets in the deleted namespace, want 4", n)
+	}
+	if _, err := cs.CoreV1().ConfigMaps("bystander").Get(ctx, "later", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a configmap written after the point asked is served: %v", err)
 	}
 }
