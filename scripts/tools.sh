@@ -45,17 +45,25 @@ build etcdutl go.etcd.io/etcd/etcdutl/v3 go.mod go.sum
 build loadgen ./internal/tools/loadgen go.mod go.sum internal/loadgen/*.go internal/tools/loadgen/*.go
 build runstat ./internal/tools/runstat go.mod internal/tools/runstat/*.go
 
-# kube-apiserver comes from k8s.io/kubernetes, in a module of its own (it pins every
-# k8s.io staging module with replace lines, which must not leak into ours); the first
-# build takes about five minutes on 2 cores.
-kas=internal/tools/kube-apiserver
-if stale "$bin/kube-apiserver" $kas/go.mod $kas/go.sum $kas/*.go; then
-	t0=$SECONDS
-	(cd "$kas" && go build -o "$bin/kube-apiserver" .)
-	touch "$bin/kube-apiserver"
-	echo "built bin/kube-apiserver ($((SECONDS - t0))s)"
-	built=$((built + 1))
-fi
+# build_module NAME DIR: a binary from a module of its own in DIR, whose versions (and
+# replace lines) must not leak into ours.
+build_module() {
+	local name="$1" dir="$2"
+	if stale "$bin/$name" "$dir"/go.mod "$dir"/go.sum "$dir"/*.go; then
+		local t0=$SECONDS
+		(cd "$dir" && go build -o "$bin/$name" .)
+		touch "$bin/$name"
+		echo "built bin/$name ($((SECONDS - t0))s)"
+		built=$((built + 1))
+	fi
+}
+
+# The etcd servers users run, beside the one in our go.mod.
+build_module etcd-3.5 internal/tools/etcd-3.5
+build_module etcd-3.6 internal/tools/etcd-3.6
+# The real Kubernetes API server from k8s.io/kubernetes (it pins every k8s.io staging
+# module with replace lines); the first build takes about five minutes on 2 cores.
+build_module kube-apiserver internal/tools/kube-apiserver
 
 # versitygw does not come from our go.mod, so it is keyed on its version,
 # which go records in the binary; rebuilding it takes about two minutes.
