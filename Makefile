@@ -6,7 +6,7 @@ BIN       := bin
 STATICCHECK_VERSION := v0.8.2
 GOTEST_FLAGS ?= -count=1 -timeout 25m
 
-.PHONY: all build tools test test-short demo bench lint clean image
+.PHONY: all build tools test test-short demo bench lint clean image compat
 
 all: build
 
@@ -36,6 +36,10 @@ bench: build tools
 	scripts/bench.sh
 	scripts/bench-guard.sh
 	scripts/bench-pitr.sh
+
+# docs/compatibility.md, from a test run: etcd server versions, Kubernetes, S3 servers.
+compat: build tools
+	scripts/compat.sh
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

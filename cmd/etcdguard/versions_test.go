@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +23,11 @@ import (
 // The etcd servers users run: save, verify, restore (the members etcdguard writes start and
 // serve on that server), guarded delete and undo, and delta capture with a point-in-time
 // restore, against each.
+//
+// With ETCDGUARD_COMPAT_REPORT=FILE it writes what passed, per server, as the table of
+// docs/compatibility.md (`make compat`): produced by the run, never typed by hand.
 func TestE2EEtcdVersions(t *testing.T) {
+	report := newCompatReport(t, os.Getenv("ETCDGUARD_COMPAT_REPORT"))
 	for _, tc := range []struct{ bin, version string }{
 		{"etcd-3.5", "3.5."},
 		{"etcd-3.6", "3.6."},
@@ -52,9 +58,11 @@ func TestE2EEtcdVersions(t *testing.T) {
 			if !strings.HasPrefix(m.EtcdVersion, tc.version) {
 				t.Fatalf("the manifest says etcd %s, want %s*", m.EtcdVersion, tc.version)
 			}
+			row := report.row(must(cli.Status(ctx, src.Endpoint())).Version) // the server's; the manifest has the storage version
 			if r := run(t, nil, append([]string{"snapshot", "verify", m.ID}, g...)...); r.code != 0 {
 				t.Fatalf("verify: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 			}
+			row.pass("save + verify")
 			restoreOn := func(args ...string) *clientv3.Client {
 				t.Helper()
 				ports := testharness.FreePorts(t, 2)
@@ -76,6 +84,7 @@ func TestE2EEtcdVersions(t *testing.T) {
 			}
 			rcli := restoreOn("--snapshot", m.ID)
 			sameKeys(t, all(rcli, 0), all(cli, m.Revision))
+			row.pass("restore (member starts on this server)")
 
 			// guarded delete and undo
 			p := decodeJSON[struct {
@@ -94,6 +103,7 @@ func TestE2EEtcdVersions(t *testing.T) {
 			if r := run(t, nil, append([]string{"guard", "undo", p.PlanID}, g...)...); r.code != 0 || count() != p.KeyCount {
 				t.Fatalf("undo: exit %d, %d configmaps back of %d\n%s%s", r.code, count(), p.KeyCount, r.stdout, r.stderr)
 			}
+			row.pass("guarded delete + undo")
 
 			// delta capture, and a point between two captured revisions
 			startDaemon(t, nil, "", append([]string{"--schedule", "@every 1h", "--election-ttl", "3s", "--delta", "--delta-flush", "200ms"}, g...)...)
@@ -106,6 +116,55 @@ func TestE2EEtcdVersions(t *testing.T) {
 			}
 			deltatest.Stored(t, st, "prod", last)
 			sameKeys(t, all(restoreOn("--revision", fmt.Sprint(mid)), 0), all(cli, mid))
+			row.pass("delta capture + restore --revision")
 		})
 	}
+}
+
+// compatReport collects, per etcd server version, the features that passed.
+type compatReport struct {
+	path     string
+	features []string
+	rows     []*compatRow
+}
+
+type compatRow struct {
+	version string
+	passed  map[string]bool
+	report  *compatReport
+}
+
+func newCompatReport(t *testing.T, path string) *compatReport {
+	r := &compatReport{path: path}
+	t.Cleanup(func() {
+		if path == "" || t.Failed() {
+			return
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "| etcd server | %s |\n|---|%s\n", strings.Join(r.features, " | "), strings.Repeat("---|", len(r.features)))
+		for _, row := range r.rows {
+			cells := []string{row.version}
+			for _, f := range r.features {
+				cells = append(cells, map[bool]string{true: "yes", false: "no"}[row.passed[f]])
+			}
+			fmt.Fprintf(&b, "| %s |\n", strings.Join(cells, " | "))
+		}
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Error(err)
+		}
+	})
+	return r
+}
+
+func (r *compatReport) row(version string) *compatRow {
+	row := &compatRow{version: version, passed: map[string]bool{}, report: r}
+	r.rows = append(r.rows, row)
+	return row
+}
+
+func (row *compatRow) pass(feature string) {
+	if !slices.Contains(row.report.features, feature) {
+		row.report.features = append(row.report.features, feature)
+	}
+	row.passed[feature] = true
 }
