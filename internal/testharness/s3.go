@@ -111,29 +111,50 @@ func StartFakeS3(t testing.TB) *S3Server {
 // been built, unless ETCDGUARD_E2E=1 asks for every real-server test to run.
 func StartVersityGW(t testing.TB) *S3Server {
 	t.Helper()
-	if os.Getenv("ETCDGUARD_E2E") != "1" {
-		if _, err := os.Stat(filepath.Join(RepoRoot(t), "bin", "versitygw")); err != nil {
-			t.Skip("bin/versitygw not built: run `make tools` to test against a real S3 server")
-		}
-	}
-	bin := Bin(t, "versitygw")
 	s := &S3Server{Bucket: "etcdguard-test", AccessKey: "etcdguard-" + randomHex(4), SecretKey: randomHex(16), Region: "us-east-1"}
 	root := t.TempDir()
-
-	// The port is picked by binding :0 and closing it; another process may take
-	// it in between, so a start that exits early is retried on a fresh port.
-	var err error
-	for range 3 {
-		if err = s.startVersityGW(t, bin, root); err == nil {
-			s.createBucket(t)
-			return s
-		}
-	}
-	t.Fatalf("start versitygw: %v", err)
-	return nil
+	// Keys go in the environment, not flags, so they never show in process listings.
+	s.start(t, "versitygw", func(addr string) []string {
+		return []string{"--region", s.Region, "--port", addr, "--quiet", "posix", root}
+	}, []string{"HOME=" + root, "ROOT_ACCESS_KEY_ID=" + s.AccessKey, "ROOT_SECRET_ACCESS_KEY=" + s.SecretKey})
+	return s
 }
 
-func (s *S3Server) startVersityGW(t testing.TB, bin, root string) error {
+// StartMinIO runs a real MinIO server on a temp dir until the test ends; it skips like
+// StartVersityGW when bin/minio has not been built.
+func StartMinIO(t testing.TB) *S3Server {
+	t.Helper()
+	s := &S3Server{Bucket: "etcdguard-test", AccessKey: "etcdguard-" + randomHex(4), SecretKey: randomHex(16), Region: "us-east-1"}
+	root := t.TempDir()
+	s.start(t, "minio", func(addr string) []string {
+		return []string{"server", "--quiet", "--address", addr, "--console-address", "127.0.0.1:0", root}
+	}, []string{"HOME=" + root, "MINIO_ROOT_USER=" + s.AccessKey, "MINIO_ROOT_PASSWORD=" + s.SecretKey,
+		"MINIO_REGION=" + s.Region, "MINIO_BROWSER=off", "MINIO_UPDATE=off"})
+	return s
+}
+
+// start runs bin/NAME with args(addr) and only env (stray variables of ours cannot
+// change it) until it answers S3 requests, retrying on a fresh port if it exits early
+// (another process took the port between pick and bind), then creates the bucket.
+func (s *S3Server) start(t testing.TB, name string, args func(addr string) []string, env []string) {
+	t.Helper()
+	if os.Getenv("ETCDGUARD_E2E") != "1" {
+		if _, err := os.Stat(filepath.Join(RepoRoot(t), "bin", name)); err != nil {
+			t.Skipf("bin/%s not built: run `make tools` to test against a real S3 server", name)
+		}
+	}
+	bin := Bin(t, name)
+	var err error
+	for range 3 {
+		if err = s.startOnce(t, name, bin, args, env); err == nil {
+			s.createBucket(t)
+			return
+		}
+	}
+	t.Fatalf("start %s: %v", name, err)
+}
+
+func (s *S3Server) startOnce(t testing.TB, name, bin string, args func(addr string) []string, env []string) error {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -142,11 +163,9 @@ func (s *S3Server) startVersityGW(t testing.TB, bin, root string) error {
 	l.Close()
 
 	var out syncBuffer
-	// Keys go in the environment, not flags, so they never show in process listings;
-	// the child gets no environment of ours, so stray VGW_* variables cannot change it.
-	cmd := exec.Command(bin, "--region", s.Region, "--port", addr, "--quiet", "posix", root)
+	cmd := exec.Command(bin, args(addr)...)
 	cmd.SysProcAttr = killWithParent()
-	cmd.Env = []string{"HOME=" + root, "ROOT_ACCESS_KEY_ID=" + s.AccessKey, "ROOT_SECRET_ACCESS_KEY=" + s.SecretKey}
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		return err
@@ -172,19 +191,19 @@ func (s *S3Server) startVersityGW(t testing.TB, bin, root string) error {
 		case werr := <-exited:
 			exited <- werr // for stop
 			stop()
-			return fmt.Errorf("versitygw exited (%v): %s", werr, out.String())
+			return fmt.Errorf("%s exited (%v): %s", name, werr, out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return fmt.Errorf("versitygw did not answer on %s within 30s: %w\n%s", addr, err, out.String())
+			return fmt.Errorf("%s did not answer on %s within 30s: %w\n%s", name, addr, err, out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Cleanup(func() {
 		stop()
 		if t.Failed() {
-			t.Logf("versitygw output:\n%s", out.String())
+			t.Logf("%s output:\n%s", name, out.String())
 		}
 	})
 	return nil
