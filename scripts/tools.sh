@@ -5,6 +5,7 @@
 set -euo pipefail
 
 VERSITYGW_VERSION=v1.8.0
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c # the newest the module proxy serves
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="$root/bin"
@@ -65,14 +66,21 @@ build_module etcd-3.6 internal/tools/etcd-3.6
 # module with replace lines); the first build takes about five minutes on 2 cores.
 build_module kube-apiserver internal/tools/kube-apiserver
 
-# versitygw does not come from our go.mod, so it is keyed on its version,
-# which go records in the binary; rebuilding it takes about two minutes.
-if ! go version -m "$bin/versitygw" 2>/dev/null | grep -q "mod[[:space:]]*github.com/versity/versitygw[[:space:]]*$VERSITYGW_VERSION[[:space:]]"; then
-	t0=$SECONDS
-	GOBIN="$bin" go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
-	echo "built bin/versitygw $VERSITYGW_VERSION ($((SECONDS - t0))s)"
-	built=$((built + 1))
-fi
+# go_install NAME MODULE PACKAGE VERSION: an S3 server from the module proxy. It does not
+# come from our go.mod, so it is keyed on its version, which go records in the binary (read
+# whole into a variable: `go version -m | grep -q` can die of SIGPIPE under pipefail).
+go_install() {
+	local name="$1" module="$2" pkg="$3" version="$4" info
+	info=$(go version -m "$bin/$name" 2>/dev/null || true)
+	if [[ ! "$info" =~ mod[[:space:]]+$module[[:space:]]+$version[[:space:]] ]]; then
+		local t0=$SECONDS
+		GOBIN="$bin" go install "$pkg@$version"
+		echo "built bin/$name $version ($((SECONDS - t0))s)"
+		built=$((built + 1))
+	fi
+}
+go_install versitygw github.com/versity/versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION" # about 2 minutes
+go_install minio github.com/minio/minio github.com/minio/minio "$MINIO_VERSION"                                   # about 2 minutes
 
 if ((built == 0)); then
 	echo "bin/ is up to date"

@@ -358,8 +358,11 @@ func (s *Store) incomplete(ctx context.Context, prefix string) ([]types.Multipar
 	if err := store.CheckPrefix(prefix); err != nil {
 		return nil, err
 	}
+	// The whole bucket's uploads, filtered here: MinIO lists multipart uploads only for an
+	// empty prefix or an exact key, so a prefix would find none there. Uploads in progress
+	// are few, even in a shared bucket.
 	var out []types.MultipartUpload
-	p := s3.NewListMultipartUploadsPaginator(s.client, &s3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: aws.String(s.prefix + prefix)})
+	p := s3.NewListMultipartUploadsPaginator(s.client, &s3.ListMultipartUploadsInput{Bucket: &s.bucket})
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if isNoSuchUpload(err) {
@@ -369,7 +372,11 @@ func (s *Store) incomplete(ctx context.Context, prefix string) ([]types.Multipar
 		if err != nil {
 			return nil, s.objectErr("list multipart uploads under", prefix, err)
 		}
-		out = append(out, page.Uploads...)
+		for _, u := range page.Uploads {
+			if strings.HasPrefix(aws.ToString(u.Key), s.prefix+prefix) {
+				out = append(out, u)
+			}
+		}
 	}
 	return out, nil
 }

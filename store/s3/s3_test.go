@@ -66,6 +66,7 @@ var servers = []struct {
 }{
 	{"gofakes3", testharness.StartFakeS3},
 	{"versitygw", testharness.StartVersityGW},
+	{"minio", testharness.StartMinIO},
 }
 
 func forEachServer(t *testing.T, fn func(t *testing.T, srv *testharness.S3Server)) {
