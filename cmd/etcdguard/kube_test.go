@@ -48,23 +48,7 @@ func startKubeCluster(t *testing.T) *kubeCluster {
 	etcd := testharness.StartEtcdProc(t, testharness.ProcConfig{Name: "m1", DataDir: filepath.Join(t.TempDir(), "m1.etcd"),
 		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", ports[0]), PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
 		ExtraArgs: pki.EtcdTLSArgs()})
-	tlsCfg, err := transport.TLSInfo{CertFile: pki.ClientCert, KeyFile: pki.ClientKey, TrustedCAFile: pki.CACert}.ClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli := must(clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}, TLS: tlsCfg, DialTimeout: 5 * time.Second}))
-	defer cli.Close()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := cli.Get(ctx, "health")
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd with client TLS not serving after 30s: %v", err)
-		}
-	}
+	waitTLS(t, pki, []string{etcd.Endpoint()})
 	api := testharness.StartKubeAPIServer(t, []string{etcd.Endpoint()}, pki, "/registry-kube-1")
 	return &kubeCluster{pki: pki, etcd: etcd, api: api, cs: api.Client(t)}
 }
