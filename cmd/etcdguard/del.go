@@ -76,8 +76,8 @@ func runDel(ctx context.Context, g *globalOptions, o *delOptions, args []string)
 		if r == nil {
 			return errors.New("del needs a key: del KEY [RANGE_END] [--prefix|--from-key] --dry-run")
 		}
-		return fmt.Errorf("refusing to delete %s without a plan; nothing was deleted: run `etcdguard del %s --dry-run`, read it, then `etcdguard del --confirm PLAN_ID`",
-			r, strings.Join(quoteArgs(args, o), " "))
+		return &exitError{code: exitRefused, err: fmt.Errorf("refusing to delete %s without a plan; nothing was deleted: run `etcdguard del %s --dry-run`, read it, then `etcdguard del --confirm PLAN_ID`",
+			r, strings.Join(quoteArgs(args, o), " "))}
 	case o.dryRun && r == nil:
 		return errors.New("--dry-run needs a key: del KEY [RANGE_END] [--prefix|--from-key] --dry-run")
 	}

@@ -43,10 +43,13 @@ func TestDelCommand(t *testing.T) {
 		{[]string{"del", "--confirm", "p-20200101T000000-000000"}, "no plan p-20200101T000000-000000"},
 		{[]string{"del", "/a", "--dry-run", "--confirm", "x"}, "exclude each other"},
 	}
-	for _, tc := range refusals {
+	for i, tc := range refusals {
 		r := run(t, env, tc.args...)
 		if line := r.errorLine(t); r.code == 0 || !strings.Contains(line, tc.want) {
 			t.Errorf("%v: exit %d, %q; want %q", tc.args, r.code, line, tc.want)
+		}
+		if i == 0 && r.code != exitRefused { // the outage's command is refused by the guard
+			t.Errorf("%v: exit %d, want %d (refused)", tc.args, r.code, exitRefused)
 		}
 	}
 	if n := count(); n != total {
@@ -69,10 +72,10 @@ func TestDelCommand(t *testing.T) {
 		p.Range.DerivedFrom != "explicit range end" || p.KeyCount == 0 || len(p.Warnings) < 3 || p.Expires == "" || len(p.ByType) < 5 {
 		t.Fatalf("plan: %+v", p)
 	}
-	if r := run(t, env, "del", "--confirm", p.PlanID); r.code == 0 || !strings.Contains(r.errorLine(t), "--accept-warnings") {
+	if r := run(t, env, "del", "--confirm", p.PlanID); r.code != exitRefused || !strings.Contains(r.errorLine(t), "--accept-warnings") {
 		t.Fatalf("confirm without accepting the warnings: exit %d %s", r.code, r.stderr)
 	}
-	if r := run(t, env, "del", "/registry-kube-1/pods/", "--prefix", "--confirm", p.PlanID, "--accept-warnings"); r.code == 0 || !strings.Contains(r.errorLine(t), "is not the plan's") {
+	if r := run(t, env, "del", "/registry-kube-1/pods/", "--prefix", "--confirm", p.PlanID, "--accept-warnings"); r.code != exitRefused || !strings.Contains(r.errorLine(t), "is not the plan's") {
 		t.Fatalf("confirm with another range: exit %d %s", r.code, r.stderr)
 	}
 	type execution struct {

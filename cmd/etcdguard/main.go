@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/etcdguard/etcdguard/guard"
+	"github.com/etcdguard/etcdguard/restore"
 	_ "github.com/etcdguard/etcdguard/store/file"
 	_ "github.com/etcdguard/etcdguard/store/s3"
 )
@@ -50,11 +52,14 @@ func main() {
 	}
 	code := 1
 	var ee *exitError
-	if errors.As(err, &ee) {
+	switch {
+	case errors.As(err, &ee):
 		code = ee.code
 		if ee.err == nil {
 			os.Exit(code) // the command printed its verdict itself (check)
 		}
+	case errors.Is(err, guard.ErrRefused) || errors.Is(err, restore.ErrUnreachable):
+		code = exitRefused
 	}
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = errors.New("interrupted; nothing partial was left in the store")

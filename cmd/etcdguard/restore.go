@@ -76,8 +76,6 @@ func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error 
 	}
 	plan, err := restore.Select(ctx, st, cluster, sel)
 	switch {
-	case errors.Is(err, restore.ErrUnreachable):
-		return &exitError{code: exitRefused, err: err}
 	case errors.Is(err, store.ErrNotExist) || errors.Is(err, snapshot.ErrNoSnapshots):
 		return &exitError{code: exitNotFound, err: err}
 	case err != nil:
