@@ -286,19 +286,24 @@ func (p *EtcdProc) signal(sig syscall.Signal) {
 	p.mu.Lock()
 	cmd, done := p.cmd, p.done
 	p.mu.Unlock()
-	if cmd == nil {
-		return
+	if cmd != nil {
+		stopProcess(cmd.Process, done, sig)
 	}
+}
+
+// stopProcess sends sig to a process that has not exited (done closes when it has), then
+// SIGKILL after stopGrace, and waits for the exit.
+func stopProcess(p *os.Process, done <-chan struct{}, sig os.Signal) {
 	select {
 	case <-done:
 		return
 	default:
 	}
-	_ = cmd.Process.Signal(sig)
+	_ = p.Signal(sig)
 	select {
 	case <-done:
 	case <-time.After(stopGrace):
-		_ = cmd.Process.Kill()
+		_ = p.Kill()
 		<-done
 	}
 }

@@ -159,20 +159,8 @@ func (k *KubeAPIServer) waitReady(timeout time.Duration) error {
 
 // Stop stops the API server (SIGTERM, then SIGKILL) and waits for it.
 func (k *KubeAPIServer) Stop() {
-	if k.cmd == nil || k.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-k.done:
-		return
-	default:
-	}
-	_ = k.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-k.done:
-	case <-time.After(stopGrace):
-		_ = k.cmd.Process.Kill()
-		<-k.done
+	if k.cmd != nil && k.cmd.Process != nil {
+		stopProcess(k.cmd.Process, k.done, os.Interrupt)
 	}
 }
 
