@@ -11,10 +11,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 ETCDGUARD_COMPAT_REPORT="$tmp/etcd.md" go test -count=1 -run '^TestE2EEtcdVersions$' ./cmd/etcdguard/ >"$tmp/etcd.log"
-go test -count=1 -v -run '^TestE2EKube' ./cmd/etcdguard/ >"$tmp/kube.log"
+go test -count=1 -v -run '^(TestE2EKube|TestE2ERunbook$)' ./cmd/etcdguard/ >"$tmp/kube.log"
 go test -count=1 -v -run '^TestSuite$' ./store/... >"$tmp/s3.log"
 
-k8s=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == "k8s.io/kubernetes" {print $3; exit}' internal/tools/kube-apiserver/go.mod)
+k8s=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == "k8s.io/kubernetes" {print $3; exit}' internal/tools/kubernetes/go.mod)
 {
 	echo "# Compatibility"
 	echo
@@ -29,6 +29,10 @@ k8s=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit} $1 == "requir
 	echo "kube-apiserver $k8s (built from k8s.io/kubernetes), on etcd with client TLS in kubeadm's layout, \`--etcd-prefix /registry-kube-1\`:"
 	echo
 	grep -E '^--- (PASS|FAIL): TestE2EKube' "$tmp/kube.log" | sed -E 's/^--- (PASS|FAIL): (TestE2EKube[A-Za-z]*) .*/- \2: \1/'
+	echo
+	echo "deploy/runbooks/restore.md followed block by block on three simulated kubeadm masters (etcd $(bin/etcd-3.6 --version | awk '/etcd Version/ {print $3}'), peer and client TLS, a kube-apiserver and the etcdguard daemon as static pods):"
+	echo
+	grep -E '^--- (PASS|FAIL): TestE2ERunbook ' "$tmp/kube.log" | sed -E 's/^--- (PASS|FAIL): (TestE2ERunbook) .*/- \2: \1/'
 	echo
 	echo "## S3 servers"
 	echo

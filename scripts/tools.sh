@@ -46,13 +46,13 @@ build etcdutl go.etcd.io/etcd/etcdutl/v3 go.mod go.sum
 build loadgen ./internal/tools/loadgen go.mod go.sum internal/loadgen/*.go internal/tools/loadgen/*.go
 build runstat ./internal/tools/runstat go.mod internal/tools/runstat/*.go
 
-# build_module NAME DIR: a binary from a module of its own in DIR, whose versions (and
+# build_module NAME DIR [PKG]: a binary from a module of its own in DIR, whose versions (and
 # replace lines) must not leak into ours.
 build_module() {
-	local name="$1" dir="$2"
-	if stale "$bin/$name" "$dir"/go.mod "$dir"/go.sum "$dir"/*.go; then
+	local name="$1" dir="$2" pkg="${3:-.}"
+	if stale "$bin/$name" "$dir"/go.mod "$dir"/go.sum "$dir/$pkg"/*.go; then
 		local t0=$SECONDS
-		(cd "$dir" && go build -o "$bin/$name" .)
+		(cd "$dir" && go build -o "$bin/$name" "./$pkg")
 		touch "$bin/$name"
 		echo "built bin/$name ($((SECONDS - t0))s)"
 		built=$((built + 1))
@@ -64,7 +64,9 @@ build_module etcd-3.5 internal/tools/etcd-3.5
 build_module etcd-3.6 internal/tools/etcd-3.6
 # The real Kubernetes API server from k8s.io/kubernetes (it pins every k8s.io staging
 # module with replace lines); the first build takes about five minutes on 2 cores.
-build_module kube-apiserver internal/tools/kube-apiserver
+build_module kube-apiserver internal/tools/kubernetes kube-apiserver
+# kubectl from the same module, for the runbook test's kubectl commands (about 30 s more).
+build_module kubectl internal/tools/kubernetes kubectl
 
 # go_install NAME MODULE PACKAGE VERSION: an S3 server from the module proxy. It does not
 # come from our go.mod, so it is keyed on its version, which go records in the binary (read
@@ -81,6 +83,23 @@ go_install() {
 }
 go_install versitygw github.com/versity/versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION" # about 2 minutes
 go_install minio github.com/minio/minio github.com/minio/minio "$MINIO_VERSION"                                   # about 2 minutes
+
+# The restore runbook's fallback runs the AWS CLI, zstd and jq, and its test follows it:
+# install what is missing from Debian's packages (as root), or say what to install.
+missing=()
+command -v zstd >/dev/null || missing+=(zstd)
+command -v jq >/dev/null || missing+=(jq)
+command -v aws >/dev/null || missing+=(awscli)
+if ((${#missing[@]} > 0)); then
+	if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+		echo "installing ${missing[*]} from Debian's packages (the runbook test runs them)"
+		apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+			{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+	else
+		echo "tools.sh: ${missing[*]} not installed: the restore runbook test needs them (Debian: apt-get install ${missing[*]})" >&2
+		exit 1
+	fi
+fi
 
 if ((built == 0)); then
 	echo "bin/ is up to date"

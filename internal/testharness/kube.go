@@ -19,18 +19,20 @@ import (
 )
 
 // KubeadmPKI is an etcd PKI laid out as kubeadm writes it under /etc/kubernetes/pki:
-// etcd/ca.crt, etcd/server.{crt,key}, etcd/healthcheck-client.{crt,key} and the API
-// server's apiserver-etcd-client.{crt,key}.
+// etcd/ca.crt, etcd/server.{crt,key}, etcd/peer.{crt,key}, etcd/healthcheck-client.{crt,key},
+// the API server's apiserver-etcd-client.{crt,key} and its serving apiserver.{crt,key}
+// (all from one CA here, where kubeadm has a second one for the API server).
 type KubeadmPKI struct {
 	Dir string // the pki dir
 	TLSFiles
 	APIServerCert, APIServerKey string
 }
 
-// GenerateKubeadmPKI writes a fresh etcd CA and certificates in kubeadm's layout.
-func GenerateKubeadmPKI(t testing.TB) *KubeadmPKI {
+// GenerateKubeadmPKI writes a fresh etcd CA and certificates in kubeadm's layout, the
+// server certificates valid for 127.0.0.1 and ips.
+func GenerateKubeadmPKI(t testing.TB, ips ...string) *KubeadmPKI {
 	t.Helper()
-	f := GenerateTLS(t)
+	f := GenerateTLS(t, ips...)
 	dir := filepath.Join(t.TempDir(), "pki")
 	if err := os.MkdirAll(filepath.Join(dir, "etcd"), 0o700); err != nil {
 		t.Fatal(err)
@@ -47,6 +49,11 @@ func GenerateKubeadmPKI(t testing.TB) *KubeadmPKI {
 	p.ServerCert, p.ServerKey = link(f.ServerCert, "etcd/server.crt"), link(f.ServerKey, "etcd/server.key")
 	p.ClientCert, p.ClientKey = link(f.ClientCert, "etcd/healthcheck-client.crt"), link(f.ClientKey, "etcd/healthcheck-client.key")
 	p.APIServerCert, p.APIServerKey = link(f.ClientCert, "apiserver-etcd-client.crt"), link(f.ClientKey, "apiserver-etcd-client.key")
+	link(f.ServerCert, "etcd/peer.crt")
+	link(f.ServerKey, "etcd/peer.key")
+	link(f.CACert, "ca.crt")
+	link(f.ServerCert, "apiserver.crt")
+	link(f.ServerKey, "apiserver.key")
 	return p
 }
 

@@ -18,14 +18,16 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
-// TLSFiles are PEM files of a throwaway CA, a server certificate for 127.0.0.1 and
-// localhost, and a client certificate, like a kubeadm etcd PKI.
+// TLSFiles are PEM files of a throwaway CA, a server certificate for 127.0.0.1,
+// localhost and any more IP addresses asked for (usable as a peer certificate too, as
+// kubeadm's etcd server certificate is), and a client certificate, like a kubeadm etcd PKI.
 type TLSFiles struct {
 	CACert, ServerCert, ServerKey, ClientCert, ClientKey string
 }
 
-// GenerateTLS writes a fresh CA and certificates into a temp dir.
-func GenerateTLS(t testing.TB) *TLSFiles {
+// GenerateTLS writes a fresh CA and certificates into a temp dir; the server certificate
+// is also valid for the IP addresses in ips.
+func GenerateTLS(t testing.TB, ips ...string) *TLSFiles {
 	t.Helper()
 	dir := t.TempDir()
 	caKey := newKey(t)
@@ -40,13 +42,17 @@ func GenerateTLS(t testing.TB) *TLSFiles {
 	}
 	ca, _ := x509.ParseCertificate(caDER)
 	f := &TLSFiles{CACert: writePEM(t, dir, "ca.crt", "CERTIFICATE", caDER)}
-	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
+	sans := []net.IP{net.ParseIP("127.0.0.1")}
+	for _, ip := range ips {
+		sans = append(sans, net.ParseIP(ip))
+	}
+	leaf := func(name string, serial int64, usage ...x509.ExtKeyUsage) (string, string) {
 		key := newKey(t)
 		tmpl := &x509.Certificate{
 			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
 			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usage,
+			IPAddresses: sans, DNSNames: []string{"localhost"},
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 		if err != nil {
@@ -58,7 +64,7 @@ func GenerateTLS(t testing.TB) *TLSFiles {
 		}
 		return writePEM(t, dir, name+".crt", "CERTIFICATE", der), writePEM(t, dir, name+".key", "EC PRIVATE KEY", kb)
 	}
-	f.ServerCert, f.ServerKey = leaf("server", 2, x509.ExtKeyUsageServerAuth)
+	f.ServerCert, f.ServerKey = leaf("server", 2, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
 	f.ClientCert, f.ClientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
 	return f
 }
