@@ -116,8 +116,9 @@ func (k *Kubelet) sync(t testing.TB) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	// crictl rm -f: stop the container; the pod's file is still there, so it starts again.
-	if b, err := os.ReadFile(filepath.Join(k.dir, "rm")); err == nil {
-		os.Remove(filepath.Join(k.dir, "rm"))
+	// Renamed before it is read, so an id crictl appends meanwhile goes to a new file.
+	if os.Rename(filepath.Join(k.dir, "rm"), filepath.Join(k.dir, "rm.taken")) == nil {
+		b, _ := os.ReadFile(filepath.Join(k.dir, "rm.taken"))
 		for _, id := range strings.Fields(string(b)) {
 			for _, p := range k.pods {
 				for _, c := range p.containers {
@@ -176,6 +177,11 @@ func (k *Kubelet) sync(t testing.TB) {
 	k.writeState()
 }
 
+// backOff delays the next start after a crash, like kubelet's CrashLoopBackOff (shorter).
+func (c *container) backOff() {
+	c.notStart = time.Now().Add(min(time.Duration(c.attempt)*time.Second, 10*time.Second))
+}
+
 func (c *container) running() bool {
 	if c.done == nil {
 		return false
@@ -192,8 +198,6 @@ func (k *Kubelet) start(t testing.TB, p *staticPod, c *container) {
 	k.nextID++
 	c.id = fmt.Sprintf("%s%04d%s", k.opts.Node, k.nextID, c.spec.Name)
 	c.attempt++
-	// A back-off like kubelet's CrashLoopBackOff, shorter.
-	c.notStart = time.Now().Add(min(time.Duration(c.attempt)*time.Second, 10*time.Second))
 	argv, env, err := k.command(p, c)
 	logPath := filepath.Join(k.dir, "logs", c.id+".log")
 	logf, ferr := os.Create(logPath)
@@ -204,6 +208,7 @@ func (k *Kubelet) start(t testing.TB, p *staticPod, c *container) {
 	if err != nil {
 		fmt.Fprintf(logf, "kubelet: cannot start: %v\n", err)
 		logf.Close()
+		c.backOff()
 		c.done = make(chan struct{})
 		close(c.done)
 		return
@@ -217,6 +222,7 @@ func (k *Kubelet) start(t testing.TB, p *staticPod, c *container) {
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintf(logf, "kubelet: cannot start: %v\n", err)
 		logf.Close()
+		c.backOff()
 		c.done = done
 		close(done)
 		return
@@ -234,6 +240,9 @@ func (k *Kubelet) start(t testing.TB, p *staticPod, c *container) {
 		}
 		fmt.Fprintf(logf, "kubelet: %s\n", exit)
 		logf.Close()
+		if !c.stopping {
+			c.backOff()
+		}
 		c.stopping = false
 		k.mu.Unlock()
 		close(done)
@@ -273,7 +282,7 @@ func (k *Kubelet) command(p *staticPod, c *container) (argv, env []string, err e
 		default:
 			return nil, nil, fmt.Errorf("volume %q: only hostPath and emptyDir are simulated", v.Name)
 		}
-		mounts = append(mounts, mount{m.MountPath, to})
+		mounts = append(mounts, mount{strings.TrimSuffix(m.MountPath, "/"), to})
 	}
 	// The longest mount path first, so /etc/kubernetes/pki/etcd wins over /etc/kubernetes.
 	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].from) > len(mounts[j].from) })
