@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -126,9 +127,17 @@ func TestStaticPodOnKubeadmMaster(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	metrics := waitBody(t, base+"/metrics", "")
-	if !strings.Contains(metrics, "etcdguard_") {
-		t.Fatalf("%s/metrics serves no etcdguard metric:\n%.2000s", base, metrics)
+	// The leader's metrics, where Prometheus scrapes them, show the snapshot.
+	saved := regexp.MustCompile(`(?m)^etcdguard_snapshot_last_success_timestamp_seconds(\{[^}]*\})? [1-9]`)
+	leader := regexp.MustCompile(`(?m)^etcdguard_is_leader(\{[^}]*\})? 1$`)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		metrics := waitBody(t, base+"/metrics", "")
+		if saved.MatchString(metrics) && leader.MatchString(metrics) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/metrics shows no saved snapshot of the leader:\n%.3000s", base, metrics)
+		}
 	}
 	for len(alerts) > 0 {
 		if a := <-alerts; !strings.HasPrefix(a, "POST /api/v2/alerts [{") {
