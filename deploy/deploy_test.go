@@ -24,25 +24,58 @@ func TestStaticPod(t *testing.T) {
 	c := pod.Spec.Containers[0]
 	sc := c.SecurityContext
 	checks := map[string]bool{
-		"kind Pod in kube-system":           pod.Kind == "Pod" && pod.Namespace == "kube-system",
-		"hostNetwork":                       pod.Spec.HostNetwork,
-		"system-node-critical":              pod.Spec.PriorityClassName == "system-node-critical",
-		"read-only root filesystem":         sc != nil && sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem,
-		"no privilege escalation":           sc != nil && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation,
-		"all capabilities dropped":          sc != nil && sc.Capabilities != nil && slices.Contains(sc.Capabilities.Drop, "ALL"),
-		"liveness on /healthz":              c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path == "/healthz",
-		"readiness on /readyz":              c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path == "/readyz",
-		"memory request and limit":          !c.Resources.Requests.Memory().IsZero() && !c.Resources.Limits.Memory().IsZero(),
-		"runs the daemon with the config":   slices.Equal(c.Command[1:], []string{"daemon", "--config", "/etc/etcdguard/config.yaml"}),
-		"etcd PKI mounted read-only":        slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/etc/kubernetes/pki/etcd" && m.ReadOnly }),
-		"PKI volume is the host's etcd PKI": slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.HostPath != nil && v.HostPath.Path == "/etc/kubernetes/pki/etcd" }),
-		"no secret in the manifest's env":   !strings.Contains(strings.ToLower(string(b)), "secret_access_key") && !strings.Contains(string(b), "password"),
+		"kind Pod in kube-system":         pod.Kind == "Pod" && pod.Namespace == "kube-system",
+		"hostNetwork":                     pod.Spec.HostNetwork,
+		"system-node-critical":            pod.Spec.PriorityClassName == "system-node-critical",
+		"read-only root filesystem":       sc != nil && sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem,
+		"no privilege escalation":         sc != nil && sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation,
+		"all capabilities dropped":        sc != nil && sc.Capabilities != nil && slices.Contains(sc.Capabilities.Drop, "ALL"),
+		"liveness on /healthz":            c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path == "/healthz",
+		"readiness on /readyz":            c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path == "/readyz",
+		"memory request and limit":        !c.Resources.Requests.Memory().IsZero() && !c.Resources.Limits.Memory().IsZero(),
+		"runs the daemon with the config": slices.Equal(c.Command[1:], []string{"daemon", "--config", "/etc/etcdguard/config.yaml"}),
+		"cluster DNS not needed":          pod.Spec.DNSPolicy == corev1.DNSDefault,
+		"only the etcd CA, client cert and key": slices.Equal(etcdMounts(pod), []string{
+			"/etc/kubernetes/pki/etcd/ca.crt", "/etc/kubernetes/pki/etcd/healthcheck-client.crt", "/etc/kubernetes/pki/etcd/healthcheck-client.key"}),
+		"S3 credentials from the mounted config dir": envValue(c, "AWS_SHARED_CREDENTIALS_FILE") == "/etc/etcdguard/aws/credentials" &&
+			envValue(c, "AWS_CONFIG_FILE") == "/etc/etcdguard/aws/config" &&
+			slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/etc/etcdguard" && m.ReadOnly }),
+		"no secret in the manifest's env": !strings.Contains(strings.ToLower(string(b)), "secret_access_key") && !strings.Contains(string(b), "password"),
 	}
 	for what, ok := range checks {
 		if !ok {
 			t.Errorf("static pod: %s", what)
 		}
 	}
+}
+
+// etcdMounts lists what the pod mounts from the host's etcd PKI, each of which must be
+// a read-only mount of that very host file.
+func etcdMounts(pod corev1.Pod) []string {
+	var out []string
+	for _, m := range pod.Spec.Containers[0].VolumeMounts {
+		i := slices.IndexFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
+		if i < 0 || pod.Spec.Volumes[i].HostPath == nil || !strings.HasPrefix(pod.Spec.Volumes[i].HostPath.Path+"/", "/etc/kubernetes/") {
+			continue
+		}
+		hp := pod.Spec.Volumes[i].HostPath
+		if hp.Path != m.MountPath || !m.ReadOnly || hp.Type == nil || *hp.Type != corev1.HostPathFile {
+			out = append(out, "not a read-only File mount of itself: "+hp.Path)
+			continue
+		}
+		out = append(out, m.MountPath)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func envValue(c corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
 }
 
 func decodeStrictJSON(t *testing.T, file string, v any) {

@@ -17,7 +17,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	hooks := &alertFlags{}
 	var deltaMax string
 	cmd := &cobra.Command{
-		Use:   "daemon --schedule CRON --cluster NAME --store URL [--listen :9090]",
+		Use:   "daemon --schedule CRON --cluster NAME --store URL [--listen :9479]",
 		Short: "Take scheduled snapshots (one elected member uploads), verify, prune, watch their age, serve /metrics",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -34,7 +34,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	f.StringVar(&cfg.Schedule, "schedule", "0 */1 * * *", "when to snapshot: cron with 5 fields or 6 (seconds first), or @every 30s, @hourly")
 	f.DurationVar(&cfg.Policy.MaxAge, "max-age", 5*time.Hour, "the newest snapshot older than this is critical")
 	f.DurationVar(&cfg.Policy.WarnAge, "warn-age", 0, "the newest snapshot older than this is a warning (0: none)")
-	f.StringVar(&cfg.Listen, "listen", ":9090", "address for /metrics, /healthz and /readyz (empty: none)")
+	f.StringVar(&cfg.Listen, "listen", ":9479", "address for /metrics, /healthz and /readyz (empty: none); 9479 clashes with no Prometheus, Alertmanager, node-exporter or kubeadm port")
 	f.BoolVar(&cfg.Verify, "verify", false, "stream every new snapshot back and verify it")
 	f.DurationVar(&cfg.ElectionTTL, "election-ttl", 15*time.Second, "how soon another daemon takes over from a dead leader")
 	f.DurationVar(&cfg.CheckInterval, "check-interval", time.Minute, "how often every daemon evaluates snapshot age")

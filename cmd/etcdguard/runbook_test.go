@@ -132,10 +132,13 @@ func newMaster(t *testing.T, root string, net, n int) *master {
 	m := &master{name: fmt.Sprintf("m%d", n), n: n, root: filepath.Join(root, fmt.Sprintf("m%d", n))}
 	// 10.0.0.N is master N's address, 127.0.0.1 each master's own loopback: on one
 	// machine they become 127.NET.10.N and 127.NET.N.1, NET random so that two runs on one
-	// machine do not meet on the fixed ports (2379, 2380, 6443, 9090). Mapping twice changes nothing, since
+	// machine do not meet on the fixed ports (2379, 2380, 6443, 9479). Every address of
+	// the node (0.0.0.0, where the daemon listens) becomes the node's address, where
+	// Prometheus and kubelet's probes reach it. Mapping twice changes nothing, since
 	// what the shell writes into a manifest (an --initial-cluster) is mapped again when
 	// the kubelet starts it.
-	addrs := []string{"127.0.0.1", fmt.Sprintf("127.%d.%d.1", net, n), "10.0.0.", fmt.Sprintf("127.%d.10.", net)}
+	addrs := []string{"127.0.0.1", fmt.Sprintf("127.%d.%d.1", net, n), "0.0.0.0", fmt.Sprintf("127.%d.10.%d", net, n),
+		"10.0.0.", fmt.Sprintf("127.%d.10.", net)}
 	m.addr = strings.NewReplacer(addrs...)
 	var paths []string
 	for _, p := range []string{"/etc/kubernetes", "/etc/etcdguard", "/var/lib/etcd", "/root/"} {
@@ -150,11 +153,16 @@ func newMaster(t *testing.T, root string, net, n int) *master {
 	return m
 }
 
-// waitDaemonReady waits until the master's etcdguard daemon answers /readyz where the
-// shipped config has it listen (127.0.0.1:9090 on the node).
+// waitDaemonReady waits until the master's etcdguard daemon answers where the shipped
+// static pod's readiness probe asks: the pod IP (the node's address, with hostNetwork)
+// at the probe's port.
 func (m *master) waitDaemonReady(t *testing.T) {
 	t.Helper()
-	url := m.addr.Replace("http://127.0.0.1:9090/readyz")
+	probe := readStaticPod(t).Spec.Containers[0].ReadinessProbe.HTTPGet
+	if probe.Host != "" {
+		t.Fatalf("the static pod's readiness probe asks %s, not the pod IP", probe.Host)
+	}
+	url := m.addr.Replace(fmt.Sprintf("http://10.0.0.%d:%d%s", m.n, probe.Port.IntValue(), probe.Path))
 	deadline := time.Now().Add(time.Minute)
 	for {
 		resp, err := http.Get(url)
@@ -453,7 +461,15 @@ func startRunbookCluster(t *testing.T) *runbookCluster {
 		m.install(t, "/etc/kubernetes/pki/tokens.csv", token+",kubernetes-admin,kubernetes-admin,system:masters\n")
 		m.install(t, "/etc/kubernetes/admin.conf", strings.ReplaceAll(adminConf, "@TOKEN@", token))
 		m.install(t, "/etc/etcdguard/config.yaml", daemonConfig(t, s3.URL("etcd")))
-		nodeEnv := append(s3.Env(), "AWS_CONFIG_FILE="+awsConfig)
+		// The S3 keys only in the file the static pod mounts (deploy/credentials.md); the
+		// operator's shell reads the same file (runbook step 1).
+		m.install(t, "/etc/etcdguard/aws/credentials", fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", s3.AccessKey, s3.SecretKey))
+		nodeEnv := []string{"AWS_CONFIG_FILE=" + awsConfig}
+		for _, e := range s3.Env() {
+			if !strings.HasPrefix(e, "AWS_ACCESS_KEY_ID=") && !strings.HasPrefix(e, "AWS_SECRET_ACCESS_KEY=") {
+				nodeEnv = append(nodeEnv, e)
+			}
+		}
 		m.kubelet = testharness.StartKubelet(t, testharness.KubeletOptions{
 			Node: m.name, Manifests: filepath.Join(m.root, "etc/kubernetes/manifests"),
 			Path: m.node.Replace, Addr: m.addr.Replace, Env: nodeEnv,
@@ -552,7 +568,7 @@ func checkConfigPaths(t *testing.T, config string, pod corev1.Pod) {
 			continue
 		}
 		if !slices.ContainsFunc(pod.Spec.Containers[0].VolumeMounts, func(m corev1.VolumeMount) bool {
-			return strings.HasPrefix(p, strings.TrimSuffix(m.MountPath, "/")+"/")
+			return p == m.MountPath || strings.HasPrefix(p, strings.TrimSuffix(m.MountPath, "/")+"/")
 		}) {
 			t.Errorf("config.example.yaml's %s: %s is not in a volume the static pod mounts", k, p)
 		}

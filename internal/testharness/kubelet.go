@@ -36,7 +36,8 @@ type KubeletOptions struct {
 // Kubelet stands in for the kubelet of one node: it runs the static pods of a manifest
 // dir as processes, as kubelet does (it starts a pod whose file appears, restarts a
 // container that exits with a growing back-off, stops a pod whose file goes away or
-// changes with its grace period, and creates DirectoryOrCreate hostPath dirs). CrictlDir
+// changes with its grace period, creates DirectoryOrCreate hostPath dirs and refuses
+// Directory and File ones that are not one). CrictlDir
 // holds crictl and systemctl stand-ins that read and steer it, for a PATH.
 type Kubelet struct {
 	opts      KubeletOptions
@@ -273,6 +274,8 @@ func (k *Kubelet) command(p *staticPod, c *container) (argv, env []string, err e
 				}
 			} else if fi, err := os.Stat(to); typ == corev1.HostPathDirectory && (err != nil || !fi.IsDir()) {
 				return nil, nil, fmt.Errorf("hostPath %s of volume %q is not a directory", v.HostPath.Path, v.Name)
+			} else if typ == corev1.HostPathFile && (err != nil || !fi.Mode().IsRegular()) {
+				return nil, nil, fmt.Errorf("hostPath %s of volume %q is not a file", v.HostPath.Path, v.Name)
 			}
 		case v.EmptyDir != nil:
 			to = filepath.Join(k.dir, "volumes", p.pod.Name, v.Name)
