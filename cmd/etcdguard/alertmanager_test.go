@@ -13,7 +13,7 @@ import (
 
 // The daemon as shipped against a real Alertmanager whose resolve_timeout is 10s: with an
 // empty store EtcdSnapshotMissing fires at once, stays active in Alertmanager past
-// resolve_timeout while the daemon waits for its first scheduled snapshot (20 s), pages
+// resolve_timeout while the daemon waits for its first scheduled snapshot (25 s), pages
 // once, and resolves when the snapshot is stored. Every address is an IP: nothing depends
 // on cluster DNS.
 func TestE2EDaemonAlertmanager(t *testing.T) {
@@ -26,7 +26,7 @@ func TestE2EDaemonAlertmanager(t *testing.T) {
 		t.Fatal(err)
 	}
 	startDaemon(t, nil, "", "--cluster", "prod", "--store", "file://"+dir, "--endpoints", e.Endpoints[0],
-		"--schedule", "@every 20s", "--election-ttl", "2s", "--check-interval", "1s",
+		"--schedule", "@every 25s", "--election-ttl", "2s", "--check-interval", "1s",
 		"--alert-alertmanager", am.URL, "--alert-alertmanager-resend", "2s")
 
 	var fired *testharness.AlertmanagerAlert
@@ -48,9 +48,9 @@ func TestE2EDaemonAlertmanager(t *testing.T) {
 		t.Errorf("the alert changed or lacks labels: %+v, first seen as %+v", got, fired)
 	}
 
-	for deadline := time.Now().Add(25 * time.Second); am.Notified("EtcdSnapshotMissing", "resolved") == 0; time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); am.Notified("EtcdSnapshotMissing", "resolved") == 0; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("EtcdSnapshotMissing not resolved within 25s; the webhook got %q", am.Notifications())
+			t.Fatalf("EtcdSnapshotMissing not resolved within 30s; the webhook got %q", am.Notifications())
 		}
 	}
 	if ms, err := snapshot.List(context.Background(), st, "prod"); err != nil || len(ms) == 0 {
