@@ -32,9 +32,12 @@ func (a *Alerter) init() {
 	a.once.Do(func() {
 		var ams []Alertmanager
 		for _, n := range a.Notifiers {
-			if am, ok := n.(Alertmanager); ok {
+			switch am := n.(type) {
+			case Alertmanager:
 				ams = append(ams, am)
-			} else {
+			case *Alertmanager:
+				ams = append(ams, *am)
+			default:
 				a.chat = append(a.chat, n)
 			}
 		}

@@ -48,6 +48,9 @@ type AlertmanagerAlert struct {
 // test to run.
 func StartAlertmanager(t testing.TB, resolveTimeout time.Duration) *AlertmanagerServer {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no real Alertmanager")
+	}
 	if os.Getenv("ETCDGUARD_E2E") != "1" {
 		if _, err := os.Stat(filepath.Join(RepoRoot(t), "bin", "alertmanager")); err != nil {
 			t.Skip("bin/alertmanager not built: run `make tools` to test against a real Alertmanager")
