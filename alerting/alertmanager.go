@@ -10,12 +10,15 @@ import (
 )
 
 // Alertmanager's client contract, as Prometheus keeps it (rules/alerting.go, sendAlerts and
-// needsSending): a firing alert is re-sent every resend delay (1m) with endsAt = now + 4 ×
-// that delay, so Alertmanager keeps it active exactly as long as the client keeps sending and
+// needsSending; rules/manager.go, SendAlerts): a firing alert is re-sent every resend delay
+// (--rules.alert.resend-delay, 1m) with endsAt = now + 4 × max(evaluation interval, resend
+// delay), so Alertmanager keeps it active exactly as long as the client keeps sending and
 // expires it by itself a few intervals after the client is gone; a cleared alert is sent with
 // endsAt = when it cleared, and sent again for 15 minutes in case a post was lost. An alert
 // without endsAt is resolved by Alertmanager resolve_timeout (5m) after it last heard of it,
 // which is why re-sending it every --alert-repeat (1h) paged RESOLVED while backups failed.
+// Here the resends come from a loop of their own, which re-sends the last evaluation's
+// alerts whatever --check-interval is, so endsAt is 4 resends ahead.
 const (
 	// DefaultResend is how often firing alerts go to Alertmanager again (Prometheus's
 	// --rules.alert.resend-delay).
