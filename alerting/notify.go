@@ -124,31 +124,3 @@ func (s Slack) Notify(ctx context.Context, alerts []Alert) error {
 }
 
 func (s Slack) String() string { return "slack " + redactURL(s.URL) }
-
-// Alertmanager posts to Alertmanager's v2 API; it deduplicates and routes itself.
-type Alertmanager struct{ URL string } // base URL, e.g. http://alertmanager:9093
-
-type amAlert struct {
-	Labels      map[string]string `json:"labels"`
-	Annotations map[string]string `json:"annotations"`
-	StartsAt    time.Time         `json:"startsAt"`
-	EndsAt      *time.Time        `json:"endsAt,omitempty"`
-}
-
-func (am Alertmanager) Notify(ctx context.Context, alerts []Alert) error {
-	out := make([]amAlert, len(alerts))
-	for i, a := range alerts {
-		out[i] = amAlert{
-			Labels:      map[string]string{"alertname": a.Name, "cluster": a.Cluster, "severity": a.Severity, "source": "etcdguard"},
-			Annotations: map[string]string{"summary": a.Summary},
-			StartsAt:    a.StartsAt,
-		}
-		if a.Resolved() {
-			end := a.EndsAt
-			out[i].EndsAt = &end
-		}
-	}
-	return post(ctx, httpClient, strings.TrimSuffix(am.URL, "/")+"/api/v2/alerts", out)
-}
-
-func (am Alertmanager) String() string { return "alertmanager " + redactURL(am.URL) }

@@ -64,6 +64,10 @@ func TestNotifyErrorsHideSecrets(t *testing.T) {
 	if err := a.Update(context.Background(), alert, time.Now(), true); err == nil || strings.Contains(err.Error(), secret) {
 		t.Errorf("alerter error: %v", err)
 	}
+	a.am.pushOnce(context.Background(), time.Now()) // the Alertmanagers' posts, which Run makes
+	if !strings.Contains(logs.String(), `notifier="alertmanager http://***@127.0.0.1:`) {
+		t.Errorf("logs show no failed Alertmanager post:\n%s", logs.String())
+	}
 	if strings.Contains(logs.String(), secret) || !strings.Contains(logs.String(), "alert delivery failed") {
 		t.Errorf("logs show the secret or no failure:\n%s", logs.String())
 	}

@@ -83,6 +83,8 @@ go_install() {
 }
 go_install versitygw github.com/versity/versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION" # about 2 minutes
 go_install minio github.com/minio/minio github.com/minio/minio "$MINIO_VERSION"                                   # about 2 minutes
+# Alertmanager for the alert client's test: v0.31.1 is the newest whose module builds with go install (later ones embed a UI built by npm, absent from the module).
+go_install alertmanager github.com/prometheus/alertmanager github.com/prometheus/alertmanager/cmd/alertmanager v0.31.1 # about 4 minutes
 
 # The restore runbook's fallback runs the AWS CLI, zstd and jq, and its test follows it:
 # install what is missing from Debian's packages (as root), or say what to install.

@@ -41,7 +41,8 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	f.StringSliceVar(&hooks.webhooks, "alert-webhook", nil, "POST alerts as JSON to this URL (repeatable)")
 	f.StringSliceVar(&hooks.slack, "alert-slack-webhook", nil, "Slack incoming webhook URL (repeatable; it holds a token: prefer ETCDGUARD_ALERT_SLACK_WEBHOOK or the config file)")
 	f.StringSliceVar(&hooks.alertmanagers, "alert-alertmanager", nil, "Alertmanager base URL, e.g. http://alertmanager:9093 (repeatable)")
-	f.DurationVar(&cfg.AlertRepeat, "alert-repeat", time.Hour, "notify a firing alert again this often")
+	f.DurationVar(&cfg.AlertRepeat, "alert-repeat", time.Hour, "remind webhook and Slack receivers of a firing alert this often (not Alertmanager: its repeat_interval does)")
+	f.DurationVar(&cfg.AlertResend, "alert-alertmanager-resend", time.Minute, "re-send firing alerts to Alertmanager this often, each valid for 4 times this (1s to 3m)")
 	f.IntVar(&cfg.AlertAfter, "alert-after-failures", 3, "alert when this many snapshot runs in a row failed")
 	f.BoolVar(&cfg.Delta, "delta", false, "capture every change between snapshots as delta segments (point-in-time restore); the leader captures")
 	f.DurationVar(&cfg.DeltaFlush, "delta-flush", 5*time.Second, "store captured changes at least this often (the delta RPO)")
@@ -54,6 +55,9 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 func runDaemon(ctx context.Context, g *globalOptions, cfg daemon.Config, save *saveOptions) error {
 	if _, err := daemon.ParseSchedule(cfg.Schedule); err != nil {
 		return err // before connecting anywhere
+	}
+	if err := daemon.CheckAlertResend(cfg.AlertResend); err != nil {
+		return err
 	}
 	g.limitMemory()
 	st, err := g.openStore(ctx)

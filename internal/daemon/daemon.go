@@ -42,7 +42,8 @@ type Config struct {
 	CheckInterval time.Duration // freshness evaluation, on every node
 	Listen        string        // metrics and health; "" disables
 	Notifiers     []alerting.Notifier
-	AlertRepeat   time.Duration // re-notify a firing alert this often
+	AlertRepeat   time.Duration // remind webhook and Slack receivers of a firing alert this often
+	AlertResend   time.Duration // re-send firing alerts to Alertmanager this often (its client contract)
 	AlertAfter    int           // failed runs in a row before EtcdSnapshotFailing fires
 	// Delta capture for point-in-time restore, run by the leader.
 	Delta         bool
@@ -58,6 +59,14 @@ func ParseSchedule(spec string) (cron.Schedule, error) {
 		return nil, fmt.Errorf("invalid --schedule %q: %w (examples: \"0 */1 * * *\", \"*/30 * * * * *\", \"@every 30s\", \"@hourly\")", spec, err)
 	}
 	return s, nil
+}
+
+// CheckAlertResend accepts what --alert-alertmanager-resend documents.
+func CheckAlertResend(d time.Duration) error {
+	if d < alerting.MinResend || d > alerting.MaxResend {
+		return fmt.Errorf("invalid --alert-alertmanager-resend %s: use %s to %s (Alertmanager expects a client to re-send every 30s to 3m)", d, alerting.MinResend, alerting.MaxResend)
+	}
+	return nil
 }
 
 // Daemon is a running etcdguard daemon.
@@ -97,6 +106,12 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.AlertRepeat <= 0 {
 		cfg.AlertRepeat = time.Hour
 	}
+	if cfg.AlertResend == 0 {
+		cfg.AlertResend = alerting.DefaultResend
+	}
+	if err := CheckAlertResend(cfg.AlertResend); err != nil {
+		return nil, err
+	}
 	if cfg.AlertAfter <= 0 {
 		cfg.AlertAfter = 3
 	}
@@ -105,7 +120,7 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	cfg.Save.Cluster = cfg.Cluster
 	return &Daemon{cfg: cfg, schedule: s, m: newMetrics(cfg.Cluster), addrOnce: make(chan struct{}),
-		alerter: &alerting.Alerter{Notifiers: cfg.Notifiers, Repeat: cfg.AlertRepeat},
+		alerter: &alerting.Alerter{Notifiers: cfg.Notifiers, Repeat: cfg.AlertRepeat, Resend: cfg.AlertResend},
 		log:     slog.With("component", "daemon", "cluster", cfg.Cluster)}, nil
 }
 
@@ -129,6 +144,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}()
 	wg.Go(func() { d.campaign(ctx) })
 	wg.Go(func() { d.checkLoop(ctx) })
+	wg.Go(func() { d.alerter.Run(ctx) })
 	d.scheduleLoop(ctx)
 	wg.Wait()
 	d.log.Info("daemon stopped")
