@@ -1,7 +1,9 @@
 package version
 
 import (
+	"os"
 	"runtime/debug"
+	"strings"
 	"testing"
 )
 
@@ -40,5 +42,21 @@ func TestGet(t *testing.T) {
 	}
 	if get(nil).Version != "dev" {
 		t.Fatal("no build info: want dev")
+	}
+}
+
+// etcd_client must be the version of the etcd modules go.mod pins (client, server, etcdctl
+// and etcdutl alike: the image's etcdctl and etcdutl are built from them), not a constant
+// that drifts. Test binaries carry no module list, so go.mod is read.
+func TestEtcdClientIsGoModVersion(t *testing.T) {
+	gomod, err := os.ReadFile("../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mod := range []string{"go.etcd.io/etcd/api/v3", "go.etcd.io/etcd/client/v3", "go.etcd.io/etcd/etcdctl/v3", "go.etcd.io/etcd/etcdutl/v3"} {
+		want := "\t" + mod + " v" + Get().EtcdClient
+		if !strings.Contains(string(gomod), want+"\n") && !strings.Contains(string(gomod), want+" ") {
+			t.Errorf("go.mod has no %q: etcd_client %s is not the etcd version built in", strings.TrimSpace(want), Get().EtcdClient)
+		}
 	}
 }
