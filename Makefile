@@ -6,12 +6,20 @@ BIN       := bin
 STATICCHECK_VERSION := v0.8.2
 GOTEST_FLAGS ?= -count=1 -timeout 25m
 
-.PHONY: all build tools test test-short demo bench lint clean image compat
+.PHONY: all build tools test test-short demo bench lint clean image compat release
+
+# Stamped into every binary `make build`, `make image` and `make release` link (`etcdguard version`);
+# a `go install`ed binary reads the same from Go's build info instead.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DATE      ?= $(shell date -u $(if $(SOURCE_DATE_EPOCH),-d @$(SOURCE_DATE_EPOCH)) +%Y-%m-%dT%H:%M:%SZ)
+VERSION_PKG := github.com/etcdguard/etcdguard/internal/version
+LDFLAGS   := -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT) -X $(VERSION_PKG).Date=$(DATE)
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/etcdguard ./cmd/etcdguard
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/etcdguard ./cmd/etcdguard
 
 tools:
 	scripts/tools.sh
@@ -49,8 +57,12 @@ lint:
 clean:
 	rm -rf $(BIN) build
 
-# A container image as an OCI tarball (load with `docker load`, `podman load` or push with crane),
-# built without Docker: empty base, the static binary, Debian's CA bundle, a non-root user.
+# The host platform's container image as a tarball for `docker load` / `podman load`, built without
+# Docker: empty base, Debian's CA bundle, a non-root user, /etcdguard and /usr/local/bin/etcd{ctl,utl}.
 image:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o build/image/etcdguard ./cmd/etcdguard
-	$(GO) run ./internal/tools/image -binary build/image/etcdguard -out build/etcdguard-image.tar
+	VERSION=$(VERSION) COMMIT=$(COMMIT) DATE=$(DATE) LDFLAGS="$(LDFLAGS)" scripts/release.sh image
+
+# Static linux/amd64 and linux/arm64 binaries, SHA256SUMS and a multi-arch OCI image (etcdguard,
+# etcdctl, etcdutl) in build/release/; docs/release.md. About 19 s warm, 12 min cold on 2 busy cores.
+release:
+	VERSION=$(VERSION) COMMIT=$(COMMIT) DATE=$(DATE) LDFLAGS="$(LDFLAGS)" scripts/release.sh release

@@ -103,6 +103,7 @@ func newRootCommandWith(g *globalOptions) *cobra.Command {
 		return fmt.Errorf("%w (see `%s --help`)", err, cmd.CommandPath())
 	})
 	g.addFlags(root)
-	root.AddCommand(newSnapshotCommand(g), newRestoreCommand(g), newDelCommand(g), newGuardCommand(g), newCheckCommand(g), newDaemonCommand(g), newTimelineCommand(g), newVersionCommand())
+	root.AddCommand(newSnapshotCommand(g), newRestoreCommand(g), newDelCommand(g), newGuardCommand(g), newCheckCommand(g), newDaemonCommand(g), newTimelineCommand(g), newVersionCommand(g))
+	addVersionFlag(root)
 	return root
 }

@@ -176,6 +176,8 @@ func readConfig(path string, root *cobra.Command) (map[string]string, error) {
 		}
 	}
 	walk(root)
+	delete(known, "version") // --version and --help are actions, not settings
+	delete(known, "help")
 	out := make(map[string]string, len(raw))
 	for k, v := range raw {
 		if !known[k] {

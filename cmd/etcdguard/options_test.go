@@ -18,6 +18,10 @@ func TestSettingPrecedence(t *testing.T) {
 	if err := os.WriteFile(goodCfg, []byte("endpoints: [https://cfg-1:2379, https://cfg-2:2379]\nstore: file:///from-config\ncluster: cfgcluster\ns3-part-size: 32MiB\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	versionCfg := filepath.Join(t.TempDir(), "version.yaml")
+	if err := os.WriteFile(versionCfg, []byte("store: file:///from-config\nversion: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name      string
 		env       map[string]string
@@ -42,6 +46,7 @@ func TestSettingPrecedence(t *testing.T) {
 		{name: "ETCDCTL_ names only etcd flags", env: map[string]string{"ETCDCTL_STORE": "file:///nope", "ETCDGUARD_S3_ENDPOINT": "http://s3:9000"},
 			endpoints: []string{"127.0.0.1:2379"}},
 		{name: "unknown config key", args: []string{"--config", cfg}, wantErr: `unknown key "schedule-unknown-to-version"`},
+		{name: "version is no config key", args: []string{"--config", versionCfg}, wantErr: `unknown key "version"`},
 		{name: "missing config file", args: []string{"--config", "/nonexistent.yaml"}, wantErr: "reading config file"},
 		{name: "bad env value", env: map[string]string{"ETCDGUARD_DIAL_TIMEOUT": "soon"}, wantErr: "invalid ETCDGUARD_DIAL_TIMEOUT for --dial-timeout"},
 		{name: "bad output", args: []string{"-o", "yaml"}, wantErr: `unknown --output "yaml"`},
