@@ -24,8 +24,10 @@ type Alerter struct {
 	chat []Notifier
 	am   *amPusher // nil without Alertmanagers
 
-	mu     sync.Mutex
-	firing map[string]*firing // by alert name
+	mu sync.Mutex
+	// by name and severity: EtcdSnapshotTooOld going from warning to critical resolves
+	// the warning and fires the critical one, as Alertmanager tells them apart too.
+	firing map[string]*firing
 }
 
 func (a *Alerter) init() {
@@ -74,12 +76,13 @@ func (a *Alerter) Update(ctx context.Context, active []Alert, now time.Time, sen
 	var sent []*firing
 	seen := map[string]bool{}
 	for _, al := range active {
-		seen[al.Name] = true
-		f, ok := a.firing[al.Name]
+		key := al.Name + "/" + al.Severity
+		seen[key] = true
+		f, ok := a.firing[key]
 		if !ok {
 			al.StartsAt = now
 			f = &firing{alert: al}
-			a.firing[al.Name] = f
+			a.firing[key] = f
 		} else {
 			start := f.alert.StartsAt
 			f.alert = al
