@@ -361,3 +361,39 @@ func TestServiceMonitor(t *testing.T) {
 		t.Fatalf("the ServiceMonitor's endpoints %+v do not scrape the Service's port %s", sm.Spec.Endpoints, sp.Name)
 	}
 }
+
+// The labels are configurable as monitoring/README.md says: kubectl (built from
+// k8s.io/kubernetes by scripts/tools.sh) relabels each manifest locally for another Helm
+// release, and what it prints still decodes strictly, with the new label.
+func TestRelabelForAnotherRelease(t *testing.T) {
+	readme := string(readFile(t, "monitoring/README.md"))
+	if !strings.Contains(readme, `kubectl label --overwrite -f "$f" release=my-release --local -o yaml | kubectl apply -f -`) {
+		t.Fatal("monitoring/README.md no longer relabels with kubectl label --local")
+	}
+	relabel := func(file string, v any) map[string]string {
+		c := exec.Command(testharness.Bin(t, "kubectl"), "label", "--overwrite", "-f", file, "release=my-release", "--local", "-o", "yaml")
+		c.Env = append(os.Environ(), "KUBECONFIG="+filepath.Join(t.TempDir(), "none"))
+		out, err := c.Output()
+		if err != nil {
+			t.Fatalf("kubectl label --local -f %s: %v", file, err)
+		}
+		decodeStrictYAML(t, "relabelled "+file, out, v)
+		var m struct {
+			Metadata struct{ Labels map[string]string } `json:"metadata"`
+		}
+		if err := yaml.Unmarshal(out, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m.Metadata.Labels
+	}
+	var r monitoringv1.PrometheusRule
+	var pm monitoringv1.PodMonitor
+	for file, v := range map[string]any{"prometheus-rule.yaml": &r, "monitoring/podmonitor.yaml": &pm} {
+		if l := relabel(file, v); l["release"] != "my-release" || l["app.kubernetes.io/name"] != "etcdguard" {
+			t.Errorf("%s relabelled: %v", file, l)
+		}
+	}
+	if len(r.Spec.Groups) == 0 || len(pm.Spec.PodMetricsEndpoints) == 0 {
+		t.Fatal("relabelling lost the spec")
+	}
+}
