@@ -1,15 +1,26 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"sigs.k8s.io/yaml"
+
 	"github.com/etcdguard/etcdguard/alerting"
+	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
 	"github.com/etcdguard/etcdguard/store/file"
@@ -95,11 +106,12 @@ func TestAlertsFollowTheCatalog(t *testing.T) {
 				st = unreachable{fs}
 			}
 			out := &sink{}
+			cfg := Config{Cluster: "prod", Store: st, Policy: alerting.Policy{MaxAge: 5 * time.Hour, WarnAge: 3 * time.Hour}, AlertAfter: 3}
 			m := newMetrics("prod")
-			m.alertAfter.Set(3)
-			d := &Daemon{cfg: Config{Cluster: "prod", Store: st, Policy: alerting.Policy{MaxAge: 5 * time.Hour, WarnAge: 3 * time.Hour}, AlertAfter: 3},
-				m: m, alerter: &alerting.Alerter{Notifiers: []alerting.Notifier{out}, Repeat: time.Hour}, log: slog.Default()}
+			m.setThresholds(cfg.Policy, cfg.AlertAfter) // as New does
+			d := &Daemon{cfg: cfg, m: m, alerter: &alerting.Alerter{Notifiers: []alerting.Notifier{out}, Repeat: time.Hour}, log: slog.Default()}
 			d.leader.Store(true) // the leader notifies
+			m.isLeader.Set(1)
 			for range tc.failures {
 				d.fail("etcd", errors.New("etcd unreachable"))
 			}
@@ -122,6 +134,103 @@ func TestAlertsFollowTheCatalog(t *testing.T) {
 					t.Errorf("%s = %v, want %v", name, v, want)
 				}
 			}
+			rulesAgree(t, d, got)
 		})
+	}
+}
+
+// rulesAgree runs deploy/prometheus-rule.yaml in promtool on the daemon's own series, held for
+// 12 hours (long enough for every rule's `for`), and checks that exactly the alerts the daemon
+// sent fire there too. Timestamps are shifted so that the eval time is the daemon's now; the
+// annotations are left out (TestPromtoolRules in deploy checks them).
+func rulesAgree(t *testing.T, d *Daemon, sent []alerting.Rule) {
+	t.Helper()
+	const at = 12 * time.Hour
+	shift := float64(time.Now().Unix()) - at.Seconds()
+	families, err := d.m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type series struct {
+		Series string `json:"series"`
+		Values string `json:"values"`
+	}
+	var input []series
+	for _, f := range families {
+		if !strings.HasPrefix(f.GetName(), "etcdguard_") || (f.GetType() != dto.MetricType_GAUGE && f.GetType() != dto.MetricType_COUNTER) {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := []string{`pod="etcdguard-m1"`}
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+strconv.Quote(l.GetValue()))
+			}
+			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			if f.GetName() == "etcdguard_snapshot_last_success_timestamp_seconds" && v > 0 {
+				v -= shift
+			}
+			input = append(input, series{Series: f.GetName() + "{" + strings.Join(labels, ",") + "}",
+				Values: fmt.Sprintf("%s+0x%d", strconv.FormatFloat(v, 'f', -1, 64), int(at/time.Minute))})
+		}
+	}
+	type expAlert struct {
+		ExpLabels map[string]string `json:"exp_labels"`
+	}
+	type alertTest struct {
+		EvalTime  string     `json:"eval_time"`
+		Alertname string     `json:"alertname"`
+		ExpAlerts []expAlert `json:"exp_alerts"`
+	}
+	var checks []alertTest
+	for _, c := range alerting.Catalog {
+		if slices.ContainsFunc(checks, func(a alertTest) bool { return a.Alertname == c.Name }) {
+			continue
+		}
+		a := alertTest{EvalTime: at.String(), Alertname: c.Name, ExpAlerts: []expAlert{}}
+		for _, r := range sent {
+			if r.Name == c.Name {
+				a.ExpAlerts = append(a.ExpAlerts, expAlert{ExpLabels: map[string]string{"severity": r.Severity, "cluster": "prod"}})
+			}
+		}
+		checks = append(checks, a)
+	}
+	tests, err := yaml.Marshal(map[string]any{"rule_files": []string{"rules.yaml"}, "evaluation_interval": "1m",
+		"tests": []map[string]any{{"interval": "1m", "input_series": input, "alert_rule_test": checks}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("../../deploy/prometheus-rule.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Spec struct {
+			Groups []map[string]any `json:"groups"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range doc.Spec.Groups {
+		for _, r := range g["rules"].([]any) {
+			delete(r.(map[string]any), "annotations")
+		}
+	}
+	rules, err := yaml.Marshal(map[string]any{"groups": doc.Spec.Groups})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"rules.yaml": rules, "tests.yaml": tests} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(testharness.Bin(t, "promtool"), "test", "rules", "tests.yaml")
+	cmd.Dir = dir
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Errorf("the daemon sent %v; on its series the PrometheusRule fires otherwise: %v\n%s\n%s", sent, err, out.String(), tests)
 	}
 }

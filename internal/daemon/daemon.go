@@ -119,9 +119,7 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	cfg.Save.Cluster = cfg.Cluster
 	m := newMetrics(cfg.Cluster)
-	m.maxAge.Set(cfg.Policy.MaxAge.Seconds())
-	m.warnAge.Set(cfg.Policy.WarnAge.Seconds())
-	m.alertAfter.Set(float64(cfg.AlertAfter))
+	m.setThresholds(cfg.Policy, cfg.AlertAfter)
 	return &Daemon{cfg: cfg, schedule: s, m: m, addrOnce: make(chan struct{}),
 		alerter: &alerting.Alerter{Notifiers: cfg.Notifiers, Repeat: cfg.AlertRepeat, Resend: cfg.AlertResend},
 		log:     slog.With("component", "daemon", "cluster", cfg.Cluster)}, nil

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/etcdguard/etcdguard/alerting"
 	"github.com/etcdguard/etcdguard/internal/version"
 )
 
@@ -78,4 +79,11 @@ func newMetrics(cluster string) *metrics {
 	reg.MustRegister(m.lastSuccess, m.age, hist, size, m.failures, m.stored, m.retentionDelete, m.isLeader, m.deltaRevision, m.deltaLag, m.deltaSegments, m.deltaInterruptions, build,
 		m.failingInARow, m.storeUp, m.deltaCaptureFailing, m.maxAge, m.warnAge, m.alertAfter)
 	return m
+}
+
+// setThresholds exports the daemon's alert thresholds, which the PrometheusRule compares with.
+func (m *metrics) setThresholds(p alerting.Policy, alertAfter int) {
+	m.maxAge.Set(p.MaxAge.Seconds())
+	m.warnAge.Set(p.WarnAge.Seconds())
+	m.alertAfter.Set(float64(alertAfter))
 }
