@@ -26,15 +26,15 @@ type rendered struct {
 	sa      *corev1.ServiceAccount
 	cm      *corev1.ConfigMap
 	secret  *corev1.Secret
-	pm      *podMonitor
-	rule    *prometheusRule
+	pm      *helmPodMonitor
+	rule    *helmRule
 	kinds   []string
 	objects string // the manifests, to look for leaked secrets
 }
 
-// podMonitor and prometheusRule are the prometheus-operator fields the chart may use:
+// helmPodMonitor and helmRule are the prometheus-operator fields the chart may use:
 // anything else in the rendering fails the strict decode.
-type podMonitor struct {
+type helmPodMonitor struct {
 	APIVersion string     `json:"apiVersion"`
 	Kind       string     `json:"kind"`
 	Metadata   objectMeta `json:"metadata"`
@@ -54,7 +54,7 @@ type podMonitor struct {
 	} `json:"spec"`
 }
 
-type prometheusRule struct {
+type helmRule struct {
 	APIVersion string     `json:"apiVersion"`
 	Kind       string     `json:"kind"`
 	Metadata   objectMeta `json:"metadata"`
@@ -142,10 +142,10 @@ func (r *rendered) decode(name string, doc []byte) error {
 		r.secret = &corev1.Secret{}
 		target = r.secret
 	case "monitoring.coreos.com/v1 PodMonitor":
-		r.pm = &podMonitor{}
+		r.pm = &helmPodMonitor{}
 		target = r.pm
 	case "monitoring.coreos.com/v1 PrometheusRule":
-		r.rule = &prometheusRule{}
+		r.rule = &helmRule{}
 		target = r.rule
 	default:
 		return fmt.Errorf("unexpected object %s %s", tm.APIVersion, tm.Kind)
@@ -240,7 +240,7 @@ func TestHelmChartIRSAMonitoring(t *testing.T) {
 		t.Errorf("PrometheusRule labels: %v", r.rule.Metadata.Labels)
 	}
 	// The chart's rules are deploy/prometheus-rule.yaml's, whatever that file says now.
-	var shipped prometheusRule
+	var shipped helmRule
 	b, err := os.ReadFile("prometheus-rule.yaml")
 	if err != nil {
 		t.Fatal(err)
