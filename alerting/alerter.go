@@ -15,8 +15,10 @@ type Alerter struct {
 	Notifiers []Notifier
 	Repeat    time.Duration
 
-	mu     sync.Mutex
-	firing map[string]*firing // by alert name
+	mu sync.Mutex
+	// by name and severity: EtcdSnapshotTooOld going from warning to critical resolves
+	// the warning and fires the critical one, as Alertmanager tells them apart too.
+	firing map[string]*firing
 }
 
 type firing struct {
@@ -37,12 +39,13 @@ func (a *Alerter) Update(ctx context.Context, active []Alert, now time.Time, sen
 	var sent []*firing
 	seen := map[string]bool{}
 	for _, al := range active {
-		seen[al.Name] = true
-		f, ok := a.firing[al.Name]
+		key := al.Name + "/" + al.Severity
+		seen[key] = true
+		f, ok := a.firing[key]
 		if !ok {
 			al.StartsAt = now
 			f = &firing{alert: al}
-			a.firing[al.Name] = f
+			a.firing[key] = f
 		} else {
 			start := f.alert.StartsAt
 			f.alert = al

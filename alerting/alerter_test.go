@@ -3,6 +3,7 @@ package alerting
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -64,3 +65,34 @@ func TestAlerter(t *testing.T) {
 		}
 	}
 }
+
+// An alert whose severity rises is a new alert (Alertmanager tells them apart by labels):
+// the critical one fires at once, not at the next reminder, and the warning resolves.
+func TestAlerterSeverityChange(t *testing.T) {
+	var got []string
+	n := notifierFunc(func(alerts []Alert) {
+		for _, a := range alerts {
+			state := "firing"
+			if a.Resolved() {
+				state = "resolved"
+			}
+			got = append(got, a.Severity+" "+state)
+		}
+	})
+	a := &Alerter{Notifiers: []Notifier{n}, Repeat: time.Hour}
+	t0 := time.Now()
+	if err := a.Update(context.Background(), []Alert{SnapshotAging.Alert("c1", "4h old")}, t0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Update(context.Background(), []Alert{SnapshotTooOld.Alert("c1", "6h old")}, t0.Add(time.Minute), true); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"warning firing", "critical firing", "warning resolved"}; !slices.Equal(got, want) {
+		t.Fatalf("delivered %v, want %v", got, want)
+	}
+}
+
+type notifierFunc func([]Alert)
+
+func (f notifierFunc) Notify(_ context.Context, alerts []Alert) error { f(alerts); return nil }
+func (f notifierFunc) String() string                                 { return "func" }

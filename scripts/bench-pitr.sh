@@ -70,13 +70,13 @@ daemon_pid=$!
 snap=
 for _ in $(seq 600); do
 	"${eg[@]}" snapshot list -o json >"$work/snapshots.json" 2>/dev/null || true
-	snap=$(jfield "$work/snapshots.json" 4 id | head -1)
+	snap=$(jfield "$work/snapshots.json" 4 id | awk 'NR == 1')
 	[[ -n "$snap" ]] && break
 	kill -0 "$daemon_pid" 2>/dev/null || break
 	sleep 0.2
 done
 [[ -n "$snap" ]] || { echo "the daemon took no snapshot; its log:" >&2; tail -n 20 "$work/daemon.log" >&2; exit 1; }
-snaprev=$(jfield "$work/snapshots.json" 4 revision | head -1)
+snaprev=$(jfield "$work/snapshots.json" 4 revision | awk 'NR == 1')
 echo "full snapshot $snap at revision $snaprev"
 
 # The sampler: every 0.2 s on the clock (each scrape in the background, so a slow one

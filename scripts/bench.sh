@@ -82,7 +82,7 @@ measure "etcdguard restore (S3, zstd)" "$bin/etcdguard" restore --store s3://ben
 	--data-dir "$work/restored-etcdguard"
 rm -f "$work/local.snap"
 
-dbsize=$("$bin/etcdguard" snapshot list --store s3://bench/etcd -o json | sed -n 's/.*"db_size": \([0-9]*\).*/\1/p' | head -1)
+dbsize=$("$bin/etcdguard" snapshot list --store s3://bench/etcd -o json | sed -n 's/.*"db_size": \([0-9]*\).*/\1/p' | awk 'NR == 1')
 base=${wall["etcdctl snapshot save (disk)"]}
 printf '\nDB %s (%d MiB raw), %s run(s) each, 2 cores; S3 part size 16 MiB, concurrency 2\n' "$size" $((dbsize >> 20)) "$runs"
 printf '%-34s %8s %8s %10s %13s %13s\n' "pipeline (client process)" "wall s" "MiB/s" "x etcdctl" "peak RSS MiB" "client CPU s"

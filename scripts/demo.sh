@@ -33,7 +33,9 @@ trap cleanup EXIT
 step() { printf '\n==> %s\n' "$*"; }
 run() { printf '$ %s\n' "$*" | sed "s#$root/##g"; "$@"; }
 
-step "starting etcd $("$bin/etcd" --version | head -1 | awk '{print $3}') on loopback (data in build/demo/etcd)"
+# No `| head` under pipefail: a reader that exits early kills the writer with SIGPIPE and
+# the script with exit 141. awk reads everything and prints what is wanted.
+step "starting etcd $("$bin/etcd" --version | awk 'NR == 1 {print $3}') on loopback (data in build/demo/etcd)"
 start_etcd "$demo/etcd" "$demo/etcd.log"
 endpoint="$etcd_endpoint"
 echo "etcd is serving at $endpoint"
@@ -93,7 +95,7 @@ step "reading the keys back: the restored cluster has what the source had"
 count() { "$bin/etcdctl" --endpoints "$1" get /registry --prefix --count-only -w fields | awk '/"Count"/ {print $3}'; }
 src_count=$(count "$endpoint")
 dst_count=$(count "$restored")
-key=$("$bin/etcdctl" --endpoints "$endpoint" get /registry/namespaces --prefix --keys-only --limit 1 | head -1)
+key=$("$bin/etcdctl" --endpoints "$endpoint" get /registry/namespaces --prefix --keys-only --limit 1 | awk 'NR == 1')
 echo "source: $src_count keys; restored: $dst_count keys"
 if [[ "$src_count" != "$dst_count" ]] || ! cmp -s <("$bin/etcdctl" --endpoints "$endpoint" get "$key") <("$bin/etcdctl" --endpoints "$restored" get "$key"); then
 	echo "the restored cluster differs from the source" >&2

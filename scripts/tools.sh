@@ -6,6 +6,7 @@ set -euo pipefail
 
 VERSITYGW_VERSION=v1.8.0
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c # the newest the module proxy serves
+PROMETHEUS_VERSION=v0.316.0 # promtool; the newest the module proxy serves
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="$root/bin"
@@ -83,6 +84,9 @@ go_install() {
 }
 go_install versitygw github.com/versity/versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION" # about 2 minutes
 go_install minio github.com/minio/minio github.com/minio/minio "$MINIO_VERSION"                                   # about 2 minutes
+# promtool, for the deploy tests' `promtool check rules` and `promtool test rules` (its module
+# has no replace lines; the version is the one our go.mod holds for the PromQL parser).
+go_install promtool github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION" # about 7 minutes cold
 
 # The restore runbook's fallback runs the AWS CLI, zstd and jq, and its test follows it:
 # install what is missing from Debian's packages (as root), or say what to install.

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -104,7 +103,11 @@ func New(cfg Config) (*Daemon, error) {
 		cfg.DeltaFlush = 5 * time.Second
 	}
 	cfg.Save.Cluster = cfg.Cluster
-	return &Daemon{cfg: cfg, schedule: s, m: newMetrics(cfg.Cluster), addrOnce: make(chan struct{}),
+	m := newMetrics(cfg.Cluster)
+	m.maxAge.Set(cfg.Policy.MaxAge.Seconds())
+	m.warnAge.Set(cfg.Policy.WarnAge.Seconds())
+	m.alertAfter.Set(float64(cfg.AlertAfter))
+	return &Daemon{cfg: cfg, schedule: s, m: m, addrOnce: make(chan struct{}),
 		alerter: &alerting.Alerter{Notifiers: cfg.Notifiers, Repeat: cfg.AlertRepeat},
 		log:     slog.With("component", "daemon", "cluster", cfg.Cluster)}, nil
 }
@@ -339,6 +342,7 @@ func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client, drain 
 			d.m.deltaLag.Set(lag.Seconds())
 			if stored { // storing works again (an idle cluster writes no segment to say so)
 				d.deltaFailingSince.Store(nil)
+				d.m.deltaCaptureFailing.Set(0)
 			}
 		},
 		OnTrouble: func(kind string, err error) {
@@ -354,6 +358,7 @@ func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client, drain 
 					now = prev.at
 				}
 				d.deltaFailingSince.Store(&deltaEvent{at: now, err: err})
+				d.m.deltaCaptureFailing.Set(1)
 			}
 		},
 	}
@@ -361,6 +366,7 @@ func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client, drain 
 	// Another daemon captures now; a stale lag here must not hold up an alert.
 	d.m.deltaLag.Set(0)
 	d.deltaFailingSince.Store(nil)
+	d.m.deltaCaptureFailing.Set(0)
 }
 
 // deltaEvent is a delta capture interruption, kept until the alert it raises is evaluated.
@@ -375,13 +381,13 @@ type deltaEvent struct {
 func (d *Daemon) deltaAlerts(now time.Time) []alerting.Alert {
 	var out []alerting.Alert
 	if e := d.deltaFailingSince.Load(); e != nil && now.Sub(e.at) >= time.Minute {
-		out = append(out, alerting.Alert{Name: "EtcdDeltaCaptureFailing", Cluster: d.cfg.Cluster, Severity: "warning",
-			Summary: fmt.Sprintf("delta capture has stored nothing since %s (point-in-time restore stops there): %v; it keeps retrying, see the daemon's log",
-				e.at.UTC().Format(time.RFC3339), e.err)})
+		out = append(out, alerting.DeltaCaptureFailing.Alert(d.cfg.Cluster,
+			fmt.Sprintf("delta capture has stored nothing since %s (point-in-time restore stops there): %v; it keeps retrying, see the daemon's log",
+				e.at.UTC().Format(time.RFC3339), e.err)))
 	}
 	if e := d.deltaLost.Load(); e != nil && now.Sub(e.at) < d.cfg.AlertRepeat {
-		out = append(out, alerting.Alert{Name: "EtcdDeltaGap", Cluster: d.cfg.Cluster, Severity: "warning",
-			Summary: fmt.Sprintf("%v; a full snapshot bridged them, so points inside that gap cannot be restored exactly (see `etcdguard timeline`); capture more often or compact less eagerly", e.err)})
+		out = append(out, alerting.DeltaGap.Alert(d.cfg.Cluster,
+			fmt.Sprintf("%v; a full snapshot bridged them, so points inside that gap cannot be restored exactly (see `etcdguard timeline`); capture more often or compact less eagerly", e.err)))
 	}
 	return out
 }
@@ -438,12 +444,13 @@ func (d *Daemon) snapshotRun(ctx context.Context) {
 		return
 	}
 	d.failing.Store(0)
+	d.m.failingInARow.Set(0)
 	d.checkOnce(ctx)
 }
 
 func (d *Daemon) fail(reason string, err error) {
 	d.m.failures.WithLabelValues(reason).Inc()
-	d.failing.Add(1)
+	d.m.failingInARow.Set(float64(d.failing.Add(1)))
 	d.log.Error("snapshot run failed", "reason", reason, "err", err, "failures_in_a_row", d.failing.Load())
 	d.checkOnce(context.Background())
 }
@@ -466,37 +473,42 @@ func (d *Daemon) checkLoop(ctx context.Context) {
 // checkOnce evaluates freshness, updates the metrics and raises or clears alerts.
 func (d *Daemon) checkOnce(ctx context.Context) {
 	var active []alerting.Alert
-	alert := func(name, severity, summary string) {
-		active = append(active, alerting.Alert{Name: name, Cluster: d.cfg.Cluster, Severity: severity, Summary: summary})
-	}
+	alert := func(r alerting.Rule, summary string) { active = append(active, r.Alert(d.cfg.Cluster, summary)) }
 	list, err := snapshot.List(ctx, d.cfg.Store, d.cfg.Cluster)
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
 		d.log.Warn("cannot read the store", "err", err)
-		alert("EtcdguardStoreUnreachable", "critical", "etcdguard cannot read the snapshot store: "+err.Error())
+		d.m.storeUp.Set(0)
+		alert(alerting.StoreUnreachable, "etcdguard cannot read the snapshot store: "+err.Error())
 	} else {
+		d.m.storeUp.Set(1)
 		d.m.stored.Set(float64(len(list)))
 		newest := snapshot.Newest(list)
 		if newest != nil {
 			d.m.lastSuccess.Set(float64(newest.CreatedAt.Unix()))
 			d.m.age.Set(time.Since(newest.CreatedAt).Seconds())
+		} else { // none usable (any more): what EtcdSnapshotMissing's rule looks for
+			d.m.lastSuccess.Set(0)
+			d.m.age.Set(-1)
 		}
 		f := alerting.Evaluate(d.cfg.Cluster, list, time.Now(), d.cfg.Policy)
 		switch {
 		case f.Status == alerting.OK:
 		case newest == nil:
-			alert("EtcdSnapshotMissing", "critical", f.Message)
+			alert(alerting.SnapshotMissing, f.Message)
+		case f.Status == alerting.Warning:
+			alert(alerting.SnapshotAging, f.Message)
 		default:
-			alert("EtcdSnapshotTooOld", strings.ToLower(f.Status.String()), f.Message)
+			alert(alerting.SnapshotTooOld, f.Message)
 		}
 		if f.Status != alerting.OK {
 			d.log.Warn("snapshot freshness", "status", f.Status.String(), "message", f.Message)
 		}
 	}
 	if n := d.failing.Load(); n >= int64(d.cfg.AlertAfter) {
-		alert("EtcdSnapshotFailing", "critical", fmt.Sprintf("%d snapshot runs in a row failed; see the etcdguard daemon's log", n))
+		alert(alerting.SnapshotFailing, fmt.Sprintf("%d snapshot runs in a row failed; see the etcdguard daemon's log", n))
 	}
 	active = append(active, d.deltaAlerts(time.Now())...)
 	if err := d.alerter.Update(ctx, active, time.Now(), d.notifies(ctx)); err != nil && ctx.Err() == nil {

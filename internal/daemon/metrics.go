@@ -26,6 +26,13 @@ type metrics struct {
 	// deltaInterruptions counts capture interruptions: "compacted" lost revisions,
 	// "failing" ones are retried without loss.
 	deltaInterruptions *prometheus.CounterVec
+	// What the alerts of deploy/prometheus-rule.yaml compare, so they follow the daemon's
+	// own conditions (alerting.Catalog) rather than copies of its flags.
+	failingInARow       prometheus.Gauge
+	storeUp             prometheus.Gauge
+	deltaCaptureFailing prometheus.Gauge
+	maxAge, warnAge     prometheus.Gauge
+	alertAfter          prometheus.Gauge
 }
 
 func newMetrics(cluster string) *metrics {
@@ -52,6 +59,12 @@ func newMetrics(cluster string) *metrics {
 	m.deltaSegments = prometheus.NewCounter(prometheus.CounterOpts{Name: "etcdguard_delta_segments_total", Help: "Delta segments written.", ConstLabels: l})
 	m.deltaInterruptions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "etcdguard_delta_interruptions_total",
 		Help: "Delta capture interruptions: compacted (etcd compacted revisions before they were captured; a full snapshot bridged them), new_history (etcd was restored: a new timeline started with a full snapshot, nothing lost) or failing (watch or store errors, retried).", ConstLabels: l}, []string{"reason"})
+	m.failingInARow = prometheus.NewGauge(f("etcdguard_snapshot_failures_in_a_row", "Snapshot runs by this daemon that failed in a row (0 after a successful one)."))
+	m.storeUp = prometheus.NewGauge(f("etcdguard_store_up", "1 if this daemon's last read of the store succeeded, 0 if it failed."))
+	m.deltaCaptureFailing = prometheus.NewGauge(f("etcdguard_delta_capture_failing", "1 while delta capture fails to store changes (it retries), 0 otherwise."))
+	m.maxAge = prometheus.NewGauge(f("etcdguard_config_max_age_seconds", "--max-age: the newest snapshot older than this is critical."))
+	m.warnAge = prometheus.NewGauge(f("etcdguard_config_warn_age_seconds", "--warn-age: the newest snapshot older than this is a warning (0: no warning level)."))
+	m.alertAfter = prometheus.NewGauge(f("etcdguard_config_alert_after_failures", "--alert-after-failures: failed snapshot runs in a row that raise EtcdSnapshotFailing."))
 	build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "etcdguard_build_info", Help: "etcdguard's version.",
 		ConstLabels: prometheus.Labels{"cluster": cluster, "version": version.String()}})
 	build.Set(1)
@@ -62,6 +75,7 @@ func newMetrics(cluster string) *metrics {
 	for _, reason := range []string{"compacted", "failing"} {
 		m.deltaInterruptions.WithLabelValues(reason)
 	}
-	reg.MustRegister(m.lastSuccess, m.age, hist, size, m.failures, m.stored, m.retentionDelete, m.isLeader, m.deltaRevision, m.deltaLag, m.deltaSegments, m.deltaInterruptions, build)
+	reg.MustRegister(m.lastSuccess, m.age, hist, size, m.failures, m.stored, m.retentionDelete, m.isLeader, m.deltaRevision, m.deltaLag, m.deltaSegments, m.deltaInterruptions, build,
+		m.failingInARow, m.storeUp, m.deltaCaptureFailing, m.maxAge, m.warnAge, m.alertAfter)
 	return m
 }

@@ -1,0 +1,70 @@
+package alerting
+
+import "strings"
+
+// Severities as kube-prometheus uses them: critical pages someone now, warning is looked
+// at in working hours. kube-prometheus-stack's Alertmanager inhibits a warning while a
+// critical alert of the same name fires.
+const (
+	SeverityCritical = "critical"
+	SeverityWarning  = "warning"
+)
+
+// RunbookBase is the published runbook every alert's runbook_url points into, one
+// section per alert name (deploy/runbooks/alerts.md).
+const RunbookBase = "https://github.com/etcdguard/etcdguard/blob/main/deploy/runbooks/alerts.md"
+
+// Rule is one alert as etcdguard defines it, whoever raises it: the daemon's own
+// notifiers (--alert-*) or Prometheus with deploy/prometheus-rule.yaml. Both use this
+// table, so one problem has one name and one severity wherever it comes from; a test
+// holds the PrometheusRule to it. Use one of the two per cluster, not both
+// (deploy/monitoring/README.md): the same alert from both would page twice.
+type Rule struct {
+	Name     string
+	Severity string
+	// Summary is the rule's summary annotation, word for word; the daemon's own
+	// notifications carry a more detailed one of their own.
+	Summary string
+	// Daemon says whether the daemon raises it itself. EtcdguardDown and EtcdguardNoLeader
+	// are about daemons that are gone or idle, and EtcdDeltaLagHigh needs a history of
+	// the lag: only Prometheus raises those.
+	Daemon bool
+}
+
+// RunbookURL is where on-call reads what to do: the alert's section of the runbook (the
+// anchor GitHub gives a "## Name" heading).
+func (r Rule) RunbookURL() string { return RunbookBase + "#" + strings.ToLower(r.Name) }
+
+// Alert is the daemon's notification of this rule for cluster, with its own summary.
+func (r Rule) Alert(cluster, summary string) Alert {
+	return Alert{Name: r.Name, Cluster: cluster, Severity: r.Severity, Summary: summary}
+}
+
+// The alerts. EtcdSnapshotTooOld comes at two severities, as kube-prometheus alerts do:
+// a warning past --warn-age, critical past --max-age.
+var (
+	SnapshotTooOld = Rule{Name: "EtcdSnapshotTooOld", Severity: SeverityCritical, Daemon: true,
+		Summary: "The newest etcd snapshot is older than --max-age."}
+	SnapshotAging = Rule{Name: "EtcdSnapshotTooOld", Severity: SeverityWarning, Daemon: true,
+		Summary: "The newest etcd snapshot is older than --warn-age."}
+	SnapshotMissing = Rule{Name: "EtcdSnapshotMissing", Severity: SeverityCritical, Daemon: true,
+		Summary: "The store holds no usable etcd snapshot of the cluster."}
+	SnapshotFailing = Rule{Name: "EtcdSnapshotFailing", Severity: SeverityWarning, Daemon: true,
+		Summary: "etcd snapshot runs fail, --alert-after-failures in a row or more."}
+	StoreUnreachable = Rule{Name: "EtcdguardStoreUnreachable", Severity: SeverityCritical, Daemon: true,
+		Summary: "etcdguard cannot read the snapshot store."}
+	DeltaCaptureFailing = Rule{Name: "EtcdDeltaCaptureFailing", Severity: SeverityWarning, Daemon: true,
+		Summary: "Delta capture stores nothing: point-in-time restore stops at the last stored change."}
+	DeltaGap = Rule{Name: "EtcdDeltaGap", Severity: SeverityWarning, Daemon: true,
+		Summary: "etcd compacted revisions before etcdguard captured them: points in that gap cannot be restored exactly."}
+	DeltaLagHigh = Rule{Name: "EtcdDeltaLagHigh", Severity: SeverityWarning,
+		Summary: "Captured etcd changes wait over a minute to be stored: point-in-time restore lags."}
+	Down = Rule{Name: "EtcdguardDown", Severity: SeverityCritical,
+		Summary: "No etcdguard daemon is scraped: no snapshots are taken and no snapshot alert can fire."}
+	NoLeader = Rule{Name: "EtcdguardNoLeader", Severity: SeverityWarning,
+		Summary: "etcdguard daemons run but none leads: no snapshots are taken."}
+)
+
+// Catalog is every alert etcdguard defines.
+var Catalog = []Rule{SnapshotTooOld, SnapshotAging, SnapshotMissing, SnapshotFailing, StoreUnreachable,
+	DeltaCaptureFailing, DeltaGap, DeltaLagHigh, Down, NoLeader}

@@ -1,0 +1,127 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/etcdguard/etcdguard/alerting"
+	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store"
+	"github.com/etcdguard/etcdguard/store/file"
+)
+
+// sink is a Notifier that keeps what it is sent.
+type sink struct{ alerts []alerting.Alert }
+
+func (s *sink) Notify(_ context.Context, alerts []alerting.Alert) error {
+	s.alerts = append(s.alerts, alerts...)
+	return nil
+}
+func (s *sink) String() string { return "sink" }
+
+// unreachable is a store whose listings fail, as a store behind a dead network does.
+type unreachable struct{ store.Store }
+
+func (unreachable) List(context.Context, string) ([]store.ObjectInfo, error) {
+	return nil, errors.New("dial tcp 10.0.0.9:443: connect: no route to host")
+}
+func (unreachable) ListAfter(context.Context, string, string, int) ([]store.ObjectInfo, error) {
+	return nil, errors.New("dial tcp 10.0.0.9:443: connect: no route to host")
+}
+
+func gauge(t *testing.T, d *Daemon, name string) float64 {
+	t.Helper()
+	families, err := d.m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no %s", name)
+	return 0
+}
+
+// The daemon's notifications are alerting.Catalog's alerts, at the catalog's severity, and the
+// gauges that deploy/prometheus-rule.yaml's rule for the same alert reads say the same: the
+// daemon and Prometheus have one name, one severity and one condition for each problem.
+func TestAlertsFollowTheCatalog(t *testing.T) {
+	put := func(t *testing.T, st store.Store, age time.Duration) {
+		created := time.Now().Add(-age).UTC()
+		m := snapshot.Manifest{ID: created.Format("20060102T150405Z") + "-abcdef", Cluster: "prod", CreatedAt: created}
+		m.Object = "prod/snapshots/" + m.ID + ".db"
+		b, _ := json.Marshal(m)
+		for key, data := range map[string][]byte{m.Object: []byte("x"), "prod/snapshots/" + m.ID + ".json": b} {
+			if err := store.PutBytes(context.Background(), st, key, data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		age      time.Duration // of the one snapshot; 0: none
+		down     bool          // the store cannot be listed
+		failures int           // failed runs in a row
+		want     []alerting.Rule
+		gauges   map[string]float64
+	}{
+		{name: "fresh", age: time.Hour, gauges: map[string]float64{"etcdguard_store_up": 1, "etcdguard_snapshot_failures_in_a_row": 0}},
+		{name: "no snapshot", want: []alerting.Rule{alerting.SnapshotMissing},
+			gauges: map[string]float64{"etcdguard_store_up": 1, "etcdguard_snapshot_last_success_timestamp_seconds": 0}},
+		{name: "past warn-age", age: 4 * time.Hour, want: []alerting.Rule{alerting.SnapshotAging}},
+		{name: "past max-age", age: 6 * time.Hour, want: []alerting.Rule{alerting.SnapshotTooOld}},
+		{name: "store down", down: true, want: []alerting.Rule{alerting.StoreUnreachable}, gauges: map[string]float64{"etcdguard_store_up": 0}},
+		{name: "two failures", age: time.Hour, failures: 2, gauges: map[string]float64{"etcdguard_snapshot_failures_in_a_row": 2}},
+		{name: "three failures", age: time.Hour, failures: 3, want: []alerting.Rule{alerting.SnapshotFailing},
+			gauges: map[string]float64{"etcdguard_snapshot_failures_in_a_row": 3, "etcdguard_config_alert_after_failures": 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs, err := file.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var st store.Store = fs
+			if tc.age > 0 {
+				put(t, fs, tc.age)
+			}
+			if tc.down {
+				st = unreachable{fs}
+			}
+			out := &sink{}
+			m := newMetrics("prod")
+			m.alertAfter.Set(3)
+			d := &Daemon{cfg: Config{Cluster: "prod", Store: st, Policy: alerting.Policy{MaxAge: 5 * time.Hour, WarnAge: 3 * time.Hour}, AlertAfter: 3},
+				m: m, alerter: &alerting.Alerter{Notifiers: []alerting.Notifier{out}, Repeat: time.Hour}, log: slog.Default()}
+			d.leader.Store(true) // the leader notifies
+			for range tc.failures {
+				d.fail("etcd", errors.New("etcd unreachable"))
+			}
+			d.checkOnce(context.Background())
+			var got []alerting.Rule
+			for _, a := range out.alerts {
+				i := slices.IndexFunc(alerting.Catalog, func(r alerting.Rule) bool { return r.Name == a.Name && r.Severity == a.Severity })
+				if i < 0 || !alerting.Catalog[i].Daemon || a.Cluster != "prod" || a.Summary == "" {
+					t.Fatalf("the daemon sent %+v, which is not a daemon alert of alerting.Catalog", a)
+				}
+				if !slices.Contains(got, alerting.Catalog[i]) {
+					got = append(got, alerting.Catalog[i])
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("sent %v, want %v", got, tc.want)
+			}
+			for name, want := range tc.gauges {
+				if v := gauge(t, d, name); v != want {
+					t.Errorf("%s = %v, want %v", name, v, want)
+				}
+			}
+		})
+	}
+}
