@@ -63,7 +63,7 @@ type dashVariable struct {
 // built-in intervals and one value of each dashboard variable.
 var dashboardSubstitutes = map[string]string{
 	"__rate_interval": "5m", "__interval": "1m", "__range": "1h",
-	"cluster": "c1", "max_age": "18000",
+	"cluster": "c1",
 }
 
 var templateVar = regexp.MustCompile(`\$\{(\w+)(?::\w+)?\}|\$(\w+)`)
