@@ -35,7 +35,7 @@ func TestHelmChartRunsDaemon(t *testing.T) {
 		"config": map[string]any{"store": s3.URL("etcd"), "s3-endpoint": s3.Endpoint, "s3-path-style": true,
 			"s3-region": s3.Region, "schedule": "@every 2s", "election-ttl": "2s", "log-format": "text"},
 		"credentials": map[string]any{"accessKeyId": s3.AccessKey, "secretAccessKey": s3.SecretKey, "region": s3.Region},
-		"etcd":        map[string]any{"endpoints": e.Endpoints},
+		"etcd":        map[string]any{"endpoints": []any{e.Endpoints[0]}}, // as YAML would give it
 		"metricsPort": port,
 	}, "testdata/helm-secret.yaml")
 	if err != nil {

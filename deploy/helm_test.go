@@ -169,6 +169,12 @@ func TestHelmChartDefaults(t *testing.T) {
 			t.Errorf("config.%s: want a refusal, got %v", managed, err)
 		}
 	}
+	// values.schema.json: a misspelt key is refused, not silently ignored.
+	for _, typo := range []map[string]any{{"podMonitor": map[string]any{"enable": true}}, {"metricPort": 9479}, {"metricsPort": "9479"}} {
+		if _, err := renderChart(t, typo, "testdata/helm-minimal.yaml"); err == nil || !strings.Contains(err.Error(), "values don't meet the specifications of the schema") {
+			t.Errorf("values %v: want a schema refusal, got %v", typo, err)
+		}
+	}
 	r, err := renderChart(t, nil, "testdata/helm-minimal.yaml")
 	if err != nil {
 		t.Fatal(err)
