@@ -1,6 +1,9 @@
 package alerting
 
-import "strings"
+import (
+	"strings"
+	"time"
+)
 
 // Severities as kube-prometheus uses them: critical pages someone now, warning is looked
 // at in working hours. kube-prometheus-stack's Alertmanager inhibits a warning while a
@@ -29,6 +32,10 @@ type Rule struct {
 	// are about daemons that are gone or idle, and EtcdDeltaLagHigh needs a history of
 	// the lag: only Prometheus raises those.
 	Daemon bool
+	// For is how long the condition must hold before the alert fires: the rule's `for`,
+	// and the daemon waits as long, so that a new install (no snapshot before the first
+	// scheduled one) or a short store blip pages from neither.
+	For time.Duration
 }
 
 // RunbookURL is where on-call reads what to do: the alert's section of the runbook (the
@@ -47,23 +54,33 @@ var (
 		Summary: "The newest etcd snapshot is older than --max-age."}
 	SnapshotAging = Rule{Name: "EtcdSnapshotTooOld", Severity: SeverityWarning, Daemon: true,
 		Summary: "The newest etcd snapshot is older than --warn-age."}
-	SnapshotMissing = Rule{Name: "EtcdSnapshotMissing", Severity: SeverityCritical, Daemon: true,
+	SnapshotMissing = Rule{Name: "EtcdSnapshotMissing", Severity: SeverityCritical, Daemon: true, For: 75 * time.Minute,
 		Summary: "The store holds no usable etcd snapshot of the cluster."}
 	SnapshotFailing = Rule{Name: "EtcdSnapshotFailing", Severity: SeverityWarning, Daemon: true,
 		Summary: "etcd snapshot runs fail, --alert-after-failures in a row or more."}
-	StoreUnreachable = Rule{Name: "EtcdguardStoreUnreachable", Severity: SeverityCritical, Daemon: true,
+	StoreUnreachable = Rule{Name: "EtcdguardStoreUnreachable", Severity: SeverityCritical, Daemon: true, For: 10 * time.Minute,
 		Summary: "etcdguard cannot read the snapshot store."}
-	DeltaCaptureFailing = Rule{Name: "EtcdDeltaCaptureFailing", Severity: SeverityWarning, Daemon: true,
+	DeltaCaptureFailing = Rule{Name: "EtcdDeltaCaptureFailing", Severity: SeverityWarning, Daemon: true, For: time.Minute,
 		Summary: "Delta capture stores nothing: point-in-time restore stops at the last stored change."}
 	DeltaGap = Rule{Name: "EtcdDeltaGap", Severity: SeverityWarning, Daemon: true,
 		Summary: "etcd compacted revisions before etcdguard captured them: points in that gap cannot be restored exactly."}
-	DeltaLagHigh = Rule{Name: "EtcdDeltaLagHigh", Severity: SeverityWarning,
+	DeltaLagHigh = Rule{Name: "EtcdDeltaLagHigh", Severity: SeverityWarning, For: 5 * time.Minute,
 		Summary: "Captured etcd changes wait over a minute to be stored: point-in-time restore lags."}
-	Down = Rule{Name: "EtcdguardDown", Severity: SeverityCritical,
+	Down = Rule{Name: "EtcdguardDown", Severity: SeverityCritical, For: 15 * time.Minute,
 		Summary: "No etcdguard daemon is scraped: no snapshots are taken and no snapshot alert can fire."}
-	NoLeader = Rule{Name: "EtcdguardNoLeader", Severity: SeverityWarning,
+	NoLeader = Rule{Name: "EtcdguardNoLeader", Severity: SeverityWarning, For: 15 * time.Minute,
 		Summary: "etcdguard daemons run but none leads: no snapshots are taken."}
 )
+
+// Lookup finds the rule of an alert the daemon raises.
+func Lookup(name, severity string) (Rule, bool) {
+	for _, r := range Catalog {
+		if r.Name == name && r.Severity == severity {
+			return r, true
+		}
+	}
+	return Rule{}, false
+}
 
 // Catalog is every alert etcdguard defines.
 var Catalog = []Rule{SnapshotTooOld, SnapshotAging, SnapshotMissing, SnapshotFailing, StoreUnreachable,

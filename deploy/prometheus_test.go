@@ -10,8 +10,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
@@ -104,6 +106,9 @@ func TestPrometheusRuleIsTheCatalog(t *testing.T) {
 			a := rule.Annotations
 			if keys := slices.Sorted(maps.Keys(a)); !slices.Equal(keys, []string{"description", "runbook_url", "summary"}) {
 				t.Errorf("%s %s: annotations %v, want description, runbook_url and summary", k.name, k.severity, keys)
+			}
+			if got := ruleFor(t, rule.For); got != c.For {
+				t.Errorf("%s %s: for %s, the catalog (and so the daemon) waits %s", k.name, k.severity, got, c.For)
 			}
 			if a["summary"] != c.Summary {
 				t.Errorf("%s %s: summary %q, the catalog says %q", k.name, k.severity, a["summary"], c.Summary)
@@ -396,4 +401,17 @@ func TestRelabelForAnotherRelease(t *testing.T) {
 	if len(r.Spec.Groups) == 0 || len(pm.Spec.PodMetricsEndpoints) == 0 {
 		t.Fatal("relabelling lost the spec")
 	}
+}
+
+// ruleFor is a rule's `for`, zero when it has none.
+func ruleFor(t *testing.T, d *monitoringv1.Duration) time.Duration {
+	t.Helper()
+	if d == nil || *d == "" {
+		return 0
+	}
+	v, err := model.ParseDuration(string(*d))
+	if err != nil {
+		t.Fatalf("for %q: %v", *d, err)
+	}
+	return time.Duration(v)
 }

@@ -116,6 +116,13 @@ func TestAlertsFollowTheCatalog(t *testing.T) {
 				d.fail("etcd", errors.New("etcd unreachable"))
 			}
 			d.checkOnce(context.Background())
+			if len(out.alerts) > 0 && slices.ContainsFunc(tc.want, func(r alerting.Rule) bool { return r.For > 0 }) {
+				t.Fatalf("the first check sent %+v: a condition must hold for its rule's For before it pages", out.alerts)
+			}
+			for k, since := range d.pendingSince { // held for 12 hours, as rulesAgree holds the series
+				d.pendingSince[k] = since.Add(-12 * time.Hour)
+			}
+			d.checkOnce(context.Background())
 			var got []alerting.Rule
 			for _, a := range out.alerts {
 				i := slices.IndexFunc(alerting.Catalog, func(r alerting.Rule) bool { return r.Name == a.Name && r.Severity == a.Severity })

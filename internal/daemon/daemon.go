@@ -84,7 +84,10 @@ type Daemon struct {
 	failing  atomic.Int64 // failed snapshot runs in a row
 
 	deltaFailingSince atomic.Pointer[deltaEvent] // capture failing, not stored since
-	deltaLost         atomic.Pointer[deltaEvent] // the last loss of revisions to compaction
+	// pendingSince is when each alert's condition was first seen (name/severity), for
+	// its rule's For; only checkLoop's goroutine uses it.
+	pendingSince map[string]time.Time
+	deltaLost    atomic.Pointer[deltaEvent] // the last loss of revisions to compaction
 }
 
 // New checks the configuration; Run starts the work.
@@ -487,7 +490,33 @@ func (d *Daemon) checkLoop(ctx context.Context) {
 // checkOnce evaluates freshness, updates the metrics and raises or clears alerts.
 func (d *Daemon) checkOnce(ctx context.Context) {
 	var active []alerting.Alert
-	alert := func(r alerting.Rule, summary string) { active = append(active, r.Alert(d.cfg.Cluster, summary)) }
+	now := time.Now()
+	held := map[string]bool{}
+	// An alert fires once its condition has held for the rule's For, as the
+	// PrometheusRule's `for` makes Prometheus wait: a new install has no snapshot until its
+	// first scheduled one, and must not page before the rule would.
+	alert := func(r alerting.Rule, summary string) {
+		key := r.Name + "/" + r.Severity
+		held[key] = true
+		since, ok := d.pendingSince[key]
+		if !ok {
+			since = now
+			d.pendingSince[key] = now
+		}
+		if now.Sub(since) >= r.For {
+			active = append(active, r.Alert(d.cfg.Cluster, summary))
+		}
+	}
+	if d.pendingSince == nil {
+		d.pendingSince = map[string]time.Time{}
+	}
+	defer func() {
+		for key := range d.pendingSince {
+			if !held[key] {
+				delete(d.pendingSince, key)
+			}
+		}
+	}()
 	list, err := snapshot.List(ctx, d.cfg.Store, d.cfg.Cluster)
 	if err != nil {
 		if ctx.Err() != nil {

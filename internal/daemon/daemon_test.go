@@ -166,15 +166,36 @@ func amEndsAt(t *testing.T, body string) time.Time {
 	return alerts[0].EndsAt
 }
 
-func TestNoSnapshotAtAll(t *testing.T) {
+// A new install has no snapshot until its first scheduled one: that must not page (the
+// rule's For, 75 minutes, is not up); TestAlertsFollowTheCatalog shows it pages after.
+func TestNewInstallDoesNotPage(t *testing.T) {
 	e := testharness.StartEtcd(t)
 	st, err := file.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	hook := newReceiver(t)
-	startDaemon(t, e, st, "@every 1h", alerting.Webhook{URL: hook.url})
-	hook.waitFor(t, "missing-snapshot alert", `"alertname":"EtcdSnapshotMissing"`, "no snapshots at all")
+	cfg := testConfig(e, st, "@every 1h", alerting.Webhook{URL: hook.url})
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	// The daemon has checked (no snapshot: age -1) and checked again ten times over.
+	for deadline := time.Now().Add(10 * time.Second); gauge(t, d, "etcdguard_snapshot_age_seconds") != -1; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon did not check the store within 10s")
+		}
+	}
+	time.Sleep(10 * cfg.CheckInterval)
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	if len(hook.bodies) != 0 {
+		t.Fatalf("a new install with no snapshot yet paged: %q", hook.bodies)
+	}
 }
 
 // The leader captures every change after the first snapshot into chained segments, and
