@@ -27,6 +27,8 @@ tools:
 test: build tools
 	$(GO) vet ./...
 	ETCDGUARD_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test $(GOTEST_FLAGS) ./...
+	# The daemon's goroutines under the race detector (its checks run on two of them).
+	ETCDGUARD_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -race -count=1 ./internal/daemon/ ./alerting/
 
 # The unit and in-process suites only (no subprocess or real S3 server).
 test-short: build

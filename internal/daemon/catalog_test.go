@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -239,5 +240,28 @@ func rulesAgree(t *testing.T, d *Daemon, sent []alerting.Rule) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		t.Errorf("the daemon sent %v; on its series the PrometheusRule fires otherwise: %v\n%s\n%s", sent, err, out.String(), tests)
+	}
+}
+
+// checkOnce runs on checkLoop and, after every snapshot run, on the leader's term: at the
+// same time, they must not race on the pending alerts (go test -race finds it).
+func TestCheckOnceConcurrently(t *testing.T) {
+	fs, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Cluster: "prod", Store: fs, Policy: alerting.Policy{MaxAge: 5 * time.Hour}, AlertAfter: 3}
+	d := &Daemon{cfg: cfg, m: newMetrics("prod"), alerter: &alerting.Alerter{Repeat: time.Hour}, log: slog.Default()}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 50 {
+				d.checkOnce(context.Background())
+			}
+		})
+	}
+	wg.Wait()
+	if len(d.pendingSince) != 1 { // EtcdSnapshotMissing, pending
+		t.Errorf("pending alerts %v, want EtcdSnapshotMissing alone", d.pendingSince)
 	}
 }

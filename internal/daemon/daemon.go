@@ -85,7 +85,9 @@ type Daemon struct {
 
 	deltaFailingSince atomic.Pointer[deltaEvent] // capture failing, not stored since
 	// pendingSince is when each alert's condition was first seen (name/severity), for
-	// its rule's For; only checkLoop's goroutine uses it.
+	// its rule's For. checkOnce runs on checkLoop and after every snapshot run on the
+	// term's goroutine, so checkMu serialises it.
+	checkMu      sync.Mutex
 	pendingSince map[string]time.Time
 	deltaLost    atomic.Pointer[deltaEvent] // the last loss of revisions to compaction
 }
@@ -239,6 +241,10 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	}
 	d.term.Store(term)
 	defer d.term.Store(nil)
+	// A new term counts its own failed runs: a count kept from an earlier term, while
+	// another daemon's runs succeeded, would page EtcdSnapshotFailing at once.
+	d.failing.Store(0)
+	d.m.failingInARow.Set(0)
 	d.leader.Store(true)
 	d.m.isLeader.Set(1)
 	d.log.Info("elected: this daemon takes the snapshots", "id", id)
@@ -489,6 +495,8 @@ func (d *Daemon) checkLoop(ctx context.Context) {
 
 // checkOnce evaluates freshness, updates the metrics and raises or clears alerts.
 func (d *Daemon) checkOnce(ctx context.Context) {
+	d.checkMu.Lock()
+	defer d.checkMu.Unlock()
 	var active []alerting.Alert
 	now := time.Now()
 	held := map[string]bool{}
