@@ -95,7 +95,7 @@ func startDaemon(t *testing.T, e *testharness.Etcd, st store.Store, schedule str
 }
 
 // runDaemon runs a daemon until the test ends.
-func runDaemon(t *testing.T, cfg Config) {
+func runDaemon(t *testing.T, cfg Config) *Daemon {
 	t.Helper()
 	d, err := New(cfg)
 	if err != nil {
@@ -105,6 +105,7 @@ func runDaemon(t *testing.T, cfg Config) {
 	done := make(chan struct{})
 	go func() { d.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
+	return d
 }
 
 // A stale store fires EtcdSnapshotTooOld to the webhook and Alertmanager, and a fresh
@@ -176,14 +177,7 @@ func TestNewInstallDoesNotPage(t *testing.T) {
 	}
 	hook := newReceiver(t)
 	cfg := testConfig(e, st, "@every 1h", alerting.Webhook{URL: hook.url})
-	d, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { d.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	d := runDaemon(t, cfg)
 	// The daemon has checked (no snapshot: age -1) and checked again ten times over.
 	for deadline := time.Now().Add(10 * time.Second); gauge(t, d, "etcdguard_snapshot_age_seconds") != -1; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
