@@ -354,6 +354,17 @@ users:
 // no KMS, no Alertmanager, snapshots every 10 s and delta capture on.
 func daemonConfig(t *testing.T, store string) string {
 	t.Helper()
+	cfg := exampleConfig(t, map[string]any{"store": store, "s3-sse": nil, "s3-region": nil, "alert-alertmanager": nil,
+		"schedule": "@every 10s"})
+	cfg["delta"] = true
+	cfg["delta-flush"] = "1s"
+	return marshalConfig(t, cfg)
+}
+
+// exampleConfig is deploy/config.example.yaml with overrides applied (nil deletes a key);
+// every key overridden must be one the example has, so the test follows what ships.
+func exampleConfig(t *testing.T, overrides map[string]any) map[string]any {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(testharness.RepoRoot(t), "deploy", "config.example.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -362,10 +373,9 @@ func daemonConfig(t *testing.T, store string) string {
 	if err := yaml.Unmarshal(b, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	for k, v := range map[string]any{"store": store, "s3-sse": nil, "s3-region": nil, "alert-alertmanager": nil,
-		"schedule": "@every 10s"} {
+	for k, v := range overrides {
 		if _, ok := cfg[k]; !ok {
-			t.Fatalf("deploy/config.example.yaml has no %s: the runbook test overrides it", k)
+			t.Fatalf("deploy/config.example.yaml has no %s: the test overrides it", k)
 		}
 		if v == nil {
 			delete(cfg, k)
@@ -373,8 +383,11 @@ func daemonConfig(t *testing.T, store string) string {
 			cfg[k] = v
 		}
 	}
-	cfg["delta"] = true
-	cfg["delta-flush"] = "1s"
+	return cfg
+}
+
+func marshalConfig(t *testing.T, cfg map[string]any) string {
+	t.Helper()
 	out, err := yaml.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -446,7 +459,8 @@ func startRunbookCluster(t *testing.T) *runbookCluster {
 	images[pod.Spec.Containers[0].Image] = etcdguardBin
 	// Every file the config names must be in a volume the pod mounts: the test runs the
 	// daemon on the host's files, the real pod sees only its mounts.
-	containerPaths(t, pod, func(p string) string { return p }, daemonConfig(t, s3.URL("etcd")))
+	config := daemonConfig(t, s3.URL("etcd"))
+	containerPaths(t, pod, func(p string) string { return p }, config)
 	c := &runbookCluster{s3: s3}
 	for n := 1; n <= 3; n++ {
 		m := newMaster(t, root, net, n)
@@ -461,7 +475,7 @@ func startRunbookCluster(t *testing.T) *runbookCluster {
 		}
 		m.install(t, "/etc/kubernetes/pki/tokens.csv", token+",kubernetes-admin,kubernetes-admin,system:masters\n")
 		m.install(t, "/etc/kubernetes/admin.conf", strings.ReplaceAll(adminConf, "@TOKEN@", token))
-		m.install(t, "/etc/etcdguard/config.yaml", daemonConfig(t, s3.URL("etcd")))
+		m.install(t, "/etc/etcdguard/config.yaml", config)
 		// The S3 keys only in the file the static pod mounts (deploy/credentials.md); the
 		// operator's shell reads the same file (runbook step 1).
 		m.install(t, "/etc/etcdguard/aws/credentials", fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", s3.AccessKey, s3.SecretKey))

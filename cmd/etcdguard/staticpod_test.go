@@ -164,35 +164,14 @@ func installManifest(t *testing.T) string {
 // of the node" (0.0.0.0) becomes the node IP, which is where it is scraped.
 func staticPodConfig(t *testing.T, s3 *testharness.S3Server, am, nodeIP string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testharness.RepoRoot(t), "deploy", "config.example.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := map[string]any{}
-	if err := yaml.Unmarshal(b, &cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := exampleConfig(t, map[string]any{"store": s3.URL("etcd"), "s3-region": s3.Region, "s3-sse": nil,
+		"alert-alertmanager": []string{am}, "schedule": "@every 5s"})
 	if l, _ := cfg["listen"].(string); !strings.HasPrefix(l, "0.0.0.0:") {
 		t.Fatalf("config.example.yaml listens on %q, not on every address of the node", l)
 	}
 	cfg["listen"] = strings.Replace(cfg["listen"].(string), "0.0.0.0", nodeIP, 1)
-	for k, v := range map[string]any{"store": s3.URL("etcd"), "s3-region": s3.Region, "s3-sse": nil,
-		"alert-alertmanager": []string{am}, "schedule": "@every 5s"} {
-		if _, ok := cfg[k]; !ok {
-			t.Fatalf("deploy/config.example.yaml has no %s: the test overrides it", k)
-		}
-		if v == nil {
-			delete(cfg, k)
-		} else {
-			cfg[k] = v
-		}
-	}
 	cfg["s3-endpoint"], cfg["s3-path-style"] = s3.Endpoint, true
-	out, err := yaml.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out)
+	return marshalConfig(t, cfg)
 }
 
 func writeHostFile(t *testing.T, path, content string) {
