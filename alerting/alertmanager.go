@@ -61,7 +61,14 @@ func amKey(a Alert) string { return a.Name + "\x00" + a.Cluster + "\x00" + a.Sev
 func (am Alertmanager) push(ctx context.Context, alerts []Alert, validUntil time.Time) error {
 	out := make([]amAlert, len(alerts))
 	for i, a := range alerts {
-		out[i] = amAlert{Labels: amLabels(a), Annotations: map[string]string{"summary": a.Summary}, StartsAt: a.StartsAt, EndsAt: validUntil}
+		ann := map[string]string{"summary": a.Summary}
+		if a.Description != "" {
+			ann["description"] = a.Description
+		}
+		if a.RunbookURL != "" {
+			ann["runbook_url"] = a.RunbookURL
+		}
+		out[i] = amAlert{Labels: amLabels(a), Annotations: ann, StartsAt: a.StartsAt, EndsAt: validUntil}
 		if a.Resolved() {
 			out[i].EndsAt = a.EndsAt
 		}

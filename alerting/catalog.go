@@ -25,8 +25,8 @@ const RunbookBase = "https://github.com/etcdguard/etcdguard/blob/main/deploy/run
 type Rule struct {
 	Name     string
 	Severity string
-	// Summary is the rule's summary annotation, word for word; the daemon's own
-	// notifications carry a more detailed one of their own.
+	// Summary is the rule's summary annotation, word for word, and the daemon's; each
+	// gives its own description (the daemon's says what it saw).
 	Summary string
 	// Daemon says whether the daemon raises it itself. EtcdguardDown and EtcdguardNoLeader
 	// are about daemons that are gone or idle, and EtcdDeltaLagHigh needs a history of
@@ -42,9 +42,10 @@ type Rule struct {
 // anchor GitHub gives a "## Name" heading).
 func (r Rule) RunbookURL() string { return RunbookBase + "#" + strings.ToLower(r.Name) }
 
-// Alert is the daemon's notification of this rule for cluster, with its own summary.
-func (r Rule) Alert(cluster, summary string) Alert {
-	return Alert{Name: r.Name, Cluster: cluster, Severity: r.Severity, Summary: summary}
+// Alert is the daemon's notification of this rule for cluster; description says what it
+// saw and what to do.
+func (r Rule) Alert(cluster, description string) Alert {
+	return Alert{Name: r.Name, Cluster: cluster, Severity: r.Severity, Summary: r.Summary, Description: description, RunbookURL: r.RunbookURL()}
 }
 
 // The alerts. EtcdSnapshotTooOld comes at two severities, as kube-prometheus alerts do:
@@ -54,8 +55,13 @@ var (
 		Summary: "The newest etcd snapshot is older than --max-age."}
 	SnapshotAging = Rule{Name: "EtcdSnapshotTooOld", Severity: SeverityWarning, Daemon: true,
 		Summary: "The newest etcd snapshot is older than --warn-age."}
+	// SnapshotMissing is a cluster never backed up: a new install has no snapshot until its
+	// first scheduled run, hence the wait. SnapshotLost is one whose snapshots were there
+	// and are gone or unusable: nothing to wait for, and nothing left to restore from.
 	SnapshotMissing = Rule{Name: "EtcdSnapshotMissing", Severity: SeverityCritical, Daemon: true, For: 75 * time.Minute,
-		Summary: "The store holds no usable etcd snapshot of the cluster."}
+		Summary: "The store has no etcd snapshot of the cluster yet."}
+	SnapshotLost = Rule{Name: "EtcdSnapshotLost", Severity: SeverityCritical, Daemon: true,
+		Summary: "The cluster's etcd snapshots are gone or unusable."}
 	SnapshotFailing = Rule{Name: "EtcdSnapshotFailing", Severity: SeverityWarning, Daemon: true,
 		Summary: "etcd snapshot runs fail, --alert-after-failures in a row or more."}
 	StoreUnreachable = Rule{Name: "EtcdguardStoreUnreachable", Severity: SeverityCritical, Daemon: true, For: 10 * time.Minute,
@@ -83,5 +89,5 @@ func Lookup(name, severity string) (Rule, bool) {
 }
 
 // Catalog is every alert etcdguard defines.
-var Catalog = []Rule{SnapshotTooOld, SnapshotAging, SnapshotMissing, SnapshotFailing, StoreUnreachable,
+var Catalog = []Rule{SnapshotTooOld, SnapshotAging, SnapshotMissing, SnapshotLost, SnapshotFailing, StoreUnreachable,
 	DeltaCaptureFailing, DeltaGap, DeltaLagHigh, Down, NoLeader}

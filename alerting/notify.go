@@ -19,9 +19,14 @@ type Alert struct {
 	Name     string
 	Cluster  string
 	Severity string // critical or warning
-	Summary  string
-	StartsAt time.Time
-	EndsAt   time.Time // zero while firing
+	// Summary is the rule's one line, the same at every send; Description says what the
+	// daemon saw (ages, errors, counts) and what to do; RunbookURL is the alert's section
+	// of the runbook. They are the annotations the PrometheusRule gives the same alert.
+	Summary     string
+	Description string
+	RunbookURL  string
+	StartsAt    time.Time
+	EndsAt      time.Time // zero while firing
 }
 
 // Resolved reports whether the alert has cleared.
@@ -85,19 +90,22 @@ var httpClient = &http.Client{Timeout: 10 * time.Second}
 type Webhook struct{ URL string }
 
 type webhookAlert struct {
-	Name     string     `json:"alertname"`
-	Cluster  string     `json:"cluster"`
-	Severity string     `json:"severity"`
-	Status   string     `json:"status"` // firing or resolved
-	Summary  string     `json:"summary"`
-	StartsAt time.Time  `json:"starts_at"`
-	EndsAt   *time.Time `json:"ends_at,omitempty"`
+	Name        string     `json:"alertname"`
+	Cluster     string     `json:"cluster"`
+	Severity    string     `json:"severity"`
+	Status      string     `json:"status"` // firing or resolved
+	Summary     string     `json:"summary"`
+	Description string     `json:"description,omitempty"`
+	RunbookURL  string     `json:"runbook_url,omitempty"`
+	StartsAt    time.Time  `json:"starts_at"`
+	EndsAt      *time.Time `json:"ends_at,omitempty"`
 }
 
 func (w Webhook) Notify(ctx context.Context, alerts []Alert) error {
 	out := make([]webhookAlert, len(alerts))
 	for i, a := range alerts {
-		out[i] = webhookAlert{Name: a.Name, Cluster: a.Cluster, Severity: a.Severity, Status: "firing", Summary: a.Summary, StartsAt: a.StartsAt}
+		out[i] = webhookAlert{Name: a.Name, Cluster: a.Cluster, Severity: a.Severity, Status: "firing",
+			Summary: a.Summary, Description: a.Description, RunbookURL: a.RunbookURL, StartsAt: a.StartsAt}
 		if a.Resolved() {
 			end := a.EndsAt
 			out[i].Status, out[i].EndsAt = "resolved", &end
@@ -118,7 +126,14 @@ func (s Slack) Notify(ctx context.Context, alerts []Alert) error {
 		if a.Resolved() {
 			icon, state = ":white_check_mark:", "RESOLVED"
 		}
-		lines = append(lines, fmt.Sprintf("%s *%s* %s (cluster %s): %s", icon, state, a.Name, a.Cluster, a.Summary))
+		line := fmt.Sprintf("%s *%s* %s (cluster %s): %s", icon, state, a.Name, a.Cluster, a.Summary)
+		if !a.Resolved() && a.Description != "" {
+			line += " " + a.Description
+		}
+		if a.RunbookURL != "" {
+			line += " <" + a.RunbookURL + "|runbook>"
+		}
+		lines = append(lines, line)
 	}
 	return post(ctx, httpClient, s.URL, map[string]string{"text": strings.Join(lines, "\n")})
 }

@@ -3,6 +3,7 @@ package alerting
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -70,5 +71,37 @@ func TestNotifyErrorsHideSecrets(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), secret) || !strings.Contains(logs.String(), "alert delivery failed") {
 		t.Errorf("logs show the secret or no failure:\n%s", logs.String())
+	}
+}
+
+// Every receiver gets what on-call needs from the alert: the rule's summary, what the
+// daemon saw (description) and where the runbook is, firing or not.
+func TestNotificationsCarryDescriptionAndRunbook(t *testing.T) {
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		// As the receiver's JSON decoder reads them: encoding/json escapes < and >.
+		got = append(got, r.URL.Path+" "+strings.NewReplacer(`\u003c`, "<", `\u003e`, ">").Replace(string(b)))
+	}))
+	defer srv.Close()
+	a := SnapshotTooOld.Alert("prod", "the newest, 20261130T010000Z-abcdef, is 6h0m0s old")
+	a.StartsAt = time.Now()
+	for _, tc := range []struct {
+		n    Notifier
+		want []string
+	}{
+		{Webhook{URL: srv.URL + "/hook"}, []string{`"summary":"` + SnapshotTooOld.Summary, `"description":"the newest, 20261130T010000Z-abcdef`, `"runbook_url":"` + SnapshotTooOld.RunbookURL()}},
+		{Slack{URL: srv.URL + "/slack"}, []string{SnapshotTooOld.Summary + " the newest, 20261130T010000Z-abcdef", "<" + SnapshotTooOld.RunbookURL() + "|runbook>"}},
+		{Alertmanager{URL: srv.URL}, []string{`"summary":"` + SnapshotTooOld.Summary, `"description":"the newest, 20261130T010000Z-abcdef`, `"runbook_url":"` + SnapshotTooOld.RunbookURL()}},
+	} {
+		got = nil
+		if err := tc.n.Notify(context.Background(), []Alert{a}); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range tc.want {
+			if len(got) != 1 || !strings.Contains(got[0], w) {
+				t.Errorf("%s was sent %q, want it to contain %q", tc.n, got, w)
+			}
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/internal/crypt"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
 )
@@ -184,6 +185,9 @@ func (c *Capturer) trouble(kind string, err error) {
 // runOnce finds where capture resumes, checks that etcd still continues that history,
 // and captures until an error; progressed says whether it stored anything.
 func (c *Capturer) runOnce(ctx context.Context, log *slog.Logger) (progressed bool, err error) {
+	if err := crypt.CheckWrite(ctx, c.Store, c.Cluster, "", false); err != nil {
+		return false, err
+	}
 	from, err := c.resume(ctx, log)
 	if err != nil {
 		return false, err

@@ -8,6 +8,7 @@
 package delta
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -24,6 +25,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/internal/crypt"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
 )
@@ -61,8 +63,11 @@ type Manifest struct {
 	Revisions int       `json:"revisions"`
 	Events    int       `json:"events"`
 	Size      int64     `json:"size"`
-	SHA256    string    `json:"sha256"` // of the stored (compressed) object
+	SHA256    string    `json:"sha256"` // of the compressed segment (before encryption)
 	Object    string    `json:"object"`
+	// Recipients are the age public keys an encrypted segment (Object ends in .age) is
+	// encrypted to.
+	Recipients []string `json:"recipients,omitempty"`
 	// RaftIndex (etcd's committed index when the segment was stored) and Tail (keys the
 	// last revision wrote) let capture tell, when it resumes, whether etcd still continues
 	// this history.
@@ -106,9 +111,10 @@ func summary(cluster, history, key string) (m *Manifest, ok bool) {
 	if history != "" {
 		dir = historyPrefix(cluster, history)
 	}
-	name, found := strings.CutSuffix(strings.TrimPrefix(key, dir), ".json")
+	rest, under := strings.CutPrefix(key, dir)
+	name, found := strings.CutSuffix(rest, ".json")
 	revs, times, found2 := strings.Cut(name, ".t")
-	if !found || !found2 || strings.Contains(revs, "/") {
+	if !under || !found || !found2 || strings.Contains(revs, "/") {
 		return nil, false
 	}
 	var a, b, first, last int64
@@ -118,6 +124,9 @@ func summary(cluster, history, key string) (m *Manifest, ok bool) {
 	m = &Manifest{Cluster: cluster, History: history, FromRev: a, ToRev: b, FirstTime: time.Unix(0, first).UTC(), LastTime: time.Unix(0, last).UTC(), key: key}
 	if history != "" {
 		m.FromRev, m.ToRev = b, a
+	}
+	if m.FromRev > m.ToRev || m.FromRev < 1 { // no segment is named so: read its manifest
+		return nil, false
 	}
 	m.Object = m.base() + ".seg.zst"
 	return m, true
@@ -146,10 +155,33 @@ func (m *Manifest) full(ctx context.Context, st store.Store) (*Manifest, error) 
 	if err != nil {
 		return nil, err
 	}
-	if full.FromRev != m.FromRev || full.ToRev != m.ToRev || full.Object != m.Object || full.History != m.History {
+	// A summary cannot tell an encrypted segment from its name's revisions: the manifest can.
+	if full.FromRev != m.FromRev || full.ToRev != m.ToRev || strings.TrimSuffix(full.Object, store.EncryptedExt) != m.Object || full.History != m.History {
 		return nil, fmt.Errorf("%w: manifest %s describes revisions %d-%d of history %q in %s", ErrCorrupt, m.key, full.FromRev, full.ToRev, full.History, full.Object)
 	}
 	return full, nil
+}
+
+// CanRead says, before a restore writes anything, whether st can read the segments: the
+// first and last of them are checked (a listing's summaries do not say whether a segment is
+// encrypted, and reading every manifest of a month of segments would cost a read each);
+// recipients rotated in between still fail the replay, which then removes what it wrote.
+func CanRead(ctx context.Context, st store.Store, segs []*Manifest) error {
+	if len(segs) == 0 {
+		return nil
+	}
+	for _, m := range []*Manifest{segs[0], segs[len(segs)-1]} {
+		full, err := m.full(ctx, st)
+		if err != nil {
+			return err
+		}
+		if strings.HasSuffix(full.Object, store.EncryptedExt) {
+			if err := crypt.CanRead(st, "delta segment "+full.Object, full.Recipients); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // mark is where the segment ends, as a point of its history.
@@ -175,6 +207,9 @@ func WriteSegment(ctx context.Context, st store.Store, cluster string, id Identi
 	m := &Manifest{Cluster: cluster, History: id.History, ClusterID: id.ClusterID, RaftIndex: id.RaftIndex,
 		FromRev: revs[0].Rev, ToRev: last.Rev, FirstTime: revs[0].Time, LastTime: last.Time, Revisions: len(revs), Tail: tailOf(last)}
 	m.Object = m.base() + ".seg.zst"
+	if to := store.EncryptTo(st); len(to) > 0 {
+		m.Object, m.Recipients = m.Object+store.EncryptedExt, to
+	}
 	for _, r := range revs {
 		m.Events += len(r.Events)
 	}
@@ -284,7 +319,7 @@ func legacySegments(ctx context.Context, st store.Store, cluster string) ([]*Man
 			}
 		}
 		if m.Size == 0 {
-			m.Size = sizes[m.Object]
+			m.Size = max(sizes[m.Object], sizes[m.Object+store.EncryptedExt])
 		}
 		out = append(out, m)
 	}
@@ -374,9 +409,12 @@ func ReadSegment(ctx context.Context, st store.Store, m *Manifest, fn func(Revis
 		return fmt.Errorf("delta segment %s: %w", m.Object, err)
 	}
 	defer rc.Close()
+	// A read the store failed (a connection cut, a stall) is the store's error, to retry,
+	// not the segment's: the decoder would report it as bad data.
+	src := &readErr{r: rc}
 	h := sha256.New()
 	zr := zdecoders.Get().(*zstd.Decoder)
-	if err := zr.Reset(io.TeeReader(rc, h)); err != nil {
+	if err := zr.Reset(io.TeeReader(src, h)); err != nil {
 		return err
 	}
 	defer func() { zr.Reset(nil); zdecoders.Put(zr) }()
@@ -386,6 +424,9 @@ func ReadSegment(ctx context.Context, st store.Store, m *Manifest, fn func(Revis
 		r, err := dec()
 		if errors.Is(err, io.EOF) {
 			break
+		}
+		if src.err != nil && !undecryptable(src.err) {
+			return fmt.Errorf("delta segment %s: %w", m.Object, src.err)
 		}
 		if err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrCorrupt, m.Object, err)
@@ -398,11 +439,37 @@ func ReadSegment(ctx context.Context, st store.Store, m *Manifest, fn func(Revis
 			return err
 		}
 	}
-	io.Copy(h, rc) // what the decoder did not read
+	if _, err := io.Copy(h, src); err != nil || src.err != nil { // what the decoder did not read
+		err = cmp.Or(src.err, err)
+		if undecryptable(err) {
+			return fmt.Errorf("%w: %s: %w", ErrCorrupt, m.Object, err)
+		}
+		return fmt.Errorf("delta segment %s: %w", m.Object, err)
+	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != m.SHA256 || next != m.ToRev+1 {
 		return fmt.Errorf("%w: %s: sha256 %s (manifest %s), revisions up to %d (manifest %d)", ErrCorrupt, m.Object, got, m.SHA256, next-1, m.ToRev)
 	}
 	return nil
+}
+
+// undecryptable says a read failed on what the store holds (ciphertext that does not
+// authenticate, or no identity for it), not on the store delivering it.
+func undecryptable(err error) bool {
+	return errors.Is(err, crypt.ErrCorrupt) || errors.Is(err, crypt.ErrNoIdentity)
+}
+
+// readErr remembers the first error of r other than EOF.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErr) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
 }
 
 // FromWatch turns one watch response's events into revisions, grouped by revision in order.
@@ -457,11 +524,13 @@ func Prune(ctx context.Context, st store.Store, cluster string, decisions []snap
 		}
 	}
 	var out []*Manifest
+	locked := 0
 	for h := range histories {
 		floor, ok := floors[h]
 		if !ok {
 			floor = math.MaxInt64 // no snapshot of this history is kept: none of its segments is reachable
 		}
+		lockedBefore := locked // the history's record stays while any of its segments does
 		segs, err := Segments(ctx, st, cluster, h, 0, func(m *Manifest) bool { return m.ToRev >= floor })
 		if err != nil {
 			return out, err
@@ -476,22 +545,45 @@ func Prune(ctx context.Context, st store.Store, cluster string, decisions []snap
 			}
 			keys := []string{m.key}
 			if strings.HasPrefix(m.Object, prefix(cluster)) { // a manifest only names its own cluster's objects
+				// A summary's name does not say whether the segment is encrypted: delete
+				// both names (deleting a missing key is no error), never orphan the data.
 				keys = append(keys, m.Object)
+				if !strings.HasSuffix(m.Object, store.EncryptedExt) {
+					keys = append(keys, m.Object+store.EncryptedExt)
+				}
+			}
+			// A segment under a retention lock stays whole (its manifest too) until a later
+			// prune: unreachable segments cost space, never correctness.
+			until, err := store.LockedUntil(ctx, st, time.Now(), keys...)
+			if err != nil {
+				return out, fmt.Errorf("pruning delta segment %s (checking its retention lock): %w; run prune again to finish", m.Object, err)
+			}
+			if !until.IsZero() {
+				out = out[:len(out)-1]
+				locked++
+				continue
 			}
 			for _, key := range keys {
-				if err := st.Delete(ctx, key); err != nil {
+				err := st.Delete(ctx, key)
+				if errors.Is(err, store.ErrLocked) {
+					break
+				}
+				if err != nil {
 					return out, fmt.Errorf("pruning delta segment %s (deleting %s): %w; run prune again to finish", m.Object, key, err)
 				}
 			}
 		}
-		if !ok && h != "" && !dryRun {
-			if err := st.Delete(ctx, observedKey(cluster, h)); err != nil {
+		if !ok && h != "" && !dryRun && locked == lockedBefore {
+			if err := st.Delete(ctx, observedKey(cluster, h)); err != nil && !errors.Is(err, store.ErrLocked) {
 				return out, fmt.Errorf("pruning history %s: %w", h, err)
 			}
 		}
 	}
 	if len(out) > 0 && !dryRun {
 		slog.InfoContext(ctx, "delta segments pruned: no kept snapshot reaches them", "cluster", cluster, "segments", len(out))
+	}
+	if locked > 0 {
+		slog.InfoContext(ctx, "delta segments kept: locked (S3 Object Lock); a later prune deletes them", "cluster", cluster, "segments", locked)
 	}
 	return out, nil
 }

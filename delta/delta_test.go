@@ -1,12 +1,14 @@
 package delta
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/internal/crypt"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
@@ -600,5 +604,56 @@ func TestSnapshotTailSurvivesCompactionDuringUpload(t *testing.T) {
 	m := must(snapshots(t, cli, st)(ctx, h1.History))
 	if len(m.Tail) != 1 || string(m.Tail[0].Key) != "/registry/a" {
 		t.Fatalf("snapshot at revision %d has tail %+v, want the key written at it", m.Revision, m.Tail)
+	}
+}
+
+// Encrypted segments: stored as age ciphertext, read back through listing summaries (whose
+// names cannot say .age), and pruned with their data, never leaving ciphertext orphaned.
+func TestEncryptedSegments(t *testing.T) {
+	ctx := context.Background()
+	fs, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := must(age.GenerateX25519Identity())
+	idFile := filepath.Join(t.TempDir(), "id")
+	must(0, os.WriteFile(idFile, []byte(id.String()), 0o600))
+	st := crypt.Wrap(fs, must(crypt.ParseRecipients([]string{id.Recipient().String()}, nil)), must(crypt.LoadIdentities(idFile)))
+	now := time.Now().UTC()
+	m := snapshot.Manifest{ID: "s30", Object: "c1/snapshots/s30.db.zst", Cluster: "c1", Revision: 30, CreatedAt: now, History: h1.History}
+	must(0, store.PutBytes(ctx, st, "c1/snapshots/s30.json", must(json.Marshal(m))))
+	for from := int64(11); from < 40; from += 10 {
+		var revs []Revision
+		for r := from; r <= from+9; r++ {
+			revs = append(revs, Revision{Rev: r, Time: now, Events: []Event{{Key: []byte("/registry/secrets/s"), Value: []byte(fmt.Sprint("secret-", r))}}})
+		}
+		w := must(WriteSegment(ctx, st, "c1", h1, revs))
+		if !strings.HasSuffix(w.Object, ".seg.zst.age") || len(w.Recipients) != 1 {
+			t.Fatalf("segment %s, recipients %v", w.Object, w.Recipients)
+		}
+		if raw := must(store.ReadAll(ctx, fs, w.Object, 1<<20)); !bytes.HasPrefix(raw, []byte("age-encryption.org/v1")) || bytes.Contains(raw, []byte("secret-")) {
+			t.Fatalf("segment %s is stored readable", w.Object)
+		}
+	}
+	next := int64(11)
+	for _, seg := range must(Segments(ctx, st, "c1", h1.History, 0, nil)) {
+		must(0, ReadSegment(ctx, st, seg, func(r Revision) error {
+			if r.Rev != next || string(r.Events[0].Value) != fmt.Sprint("secret-", r.Rev) {
+				return fmt.Errorf("revision %d (%q), want %d", r.Rev, r.Events[0].Value, next)
+			}
+			next++
+			return nil
+		}))
+	}
+	if next != 41 {
+		t.Fatalf("read revisions up to %d, want 40", next-1)
+	}
+	must(Prune(ctx, st, "c1", []snapshot.Decision{{ID: "s30", History: h1.History, Keep: true}}, false))
+	var left []string
+	for _, o := range must(fs.List(ctx, "c1/deltas/")) {
+		left = append(left, o.Key)
+	}
+	if len(left) != 2 || !slices.ContainsFunc(left, func(k string) bool { return strings.HasSuffix(k, "-00000000000000000031.seg.zst.age") }) {
+		t.Fatalf("after pruning below revision 30: %v; want the 31-40 segment and its manifest alone", left)
 	}
 }

@@ -275,6 +275,9 @@ func Identify(cli *clientv3.Client, st store.Store, cluster string) func(context
 		sample := sampleTail(ctx, cli, startRev)
 		return func(ctx context.Context, rev int64) (string, []snapshot.TailKey, error) {
 			tail := sample(ctx, rev)
+			if rev <= 0 { // the save failed: only stop sampling
+				return "", nil, nil
+			}
 			latest, err := Latest(ctx, st, cluster)
 			if err != nil {
 				return "", nil, err
@@ -333,7 +336,9 @@ func sampleTail(ctx context.Context, cli *clientv3.Client, startRev int64) func(
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for resp := range cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(startRev)) {
+		wch := cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(startRev))
+		defer drain(cancel, wch)
+		for resp := range wch {
 			if resp.Err() != nil {
 				return
 			}
@@ -353,6 +358,9 @@ func sampleTail(ctx context.Context, cli *clientv3.Client, startRev int64) func(
 	return func(ctx context.Context, rev int64) []snapshot.TailKey {
 		cancel()
 		<-done
+		if rev <= 0 { // only stopping the watch
+			return nil
+		}
 		if t, ok := seen[rev]; ok {
 			return t
 		}
@@ -366,6 +374,7 @@ func tailAt(ctx context.Context, cli *clientv3.Client, rev int64) []snapshot.Tai
 	wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 5*time.Second)
 	defer cancel()
 	wch := cli.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(rev))
+	defer drain(cancel, wch)
 	// A progress notification comes only once the watch has caught up (etcd ignores the
 	// request until then, so it is repeated): if it comes first, nothing was written at
 	// rev or after.
@@ -386,5 +395,15 @@ func tailAt(ctx context.Context, cli *clientv3.Client, rev int64) []snapshot.Tai
 				return tailOf(revs[0])
 			}
 		}
+	}
+}
+
+// drain cancels a watch and reads it until the client closes its channel. A watch left
+// with responses unread while its client closes deadlocks etcd's client (Client.Close waits
+// for the watch stream, whose substream waits to hand its close to the stream's loop, which
+// has stopped): a failed snapshot save hung forever there.
+func drain(cancel context.CancelFunc, wch clientv3.WatchChan) {
+	cancel()
+	for range wch {
 	}
 }

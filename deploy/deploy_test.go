@@ -126,12 +126,27 @@ func TestLifecycleRule(t *testing.T) {
 		Rules []struct {
 			ID, Status                     string
 			Filter                         struct{ Prefix string }
-			AbortIncompleteMultipartUpload struct{ DaysAfterInitiation int }
+			AbortIncompleteMultipartUpload *struct{ DaysAfterInitiation int }
+			NoncurrentVersionExpiration    *struct{ NoncurrentDays int }
+			Expiration                     *struct{ ExpiredObjectDeleteMarker bool }
 		}
 	}
 	decodeStrictJSON(t, "s3-lifecycle.json", &l)
-	if len(l.Rules) != 1 || l.Rules[0].Status != "Enabled" || l.Rules[0].AbortIncompleteMultipartUpload.DaysAfterInitiation < 1 {
-		t.Fatalf("lifecycle rule: %+v", l)
+	if len(l.Rules) != 2 {
+		t.Fatalf("lifecycle rules: %+v", l)
+	}
+	for _, r := range l.Rules {
+		if r.Status != "Enabled" || r.Filter.Prefix != "etcd/" {
+			t.Errorf("rule %s: %+v", r.ID, r)
+		}
+	}
+	if a := l.Rules[0].AbortIncompleteMultipartUpload; a == nil || a.DaysAfterInitiation < 1 {
+		t.Errorf("no rule aborts incomplete uploads: %+v", l.Rules[0])
+	}
+	// With versioning (Object Lock needs it), a prune's delete leaves the data as a noncurrent
+	// version; it must outlive the lock a daemon gives (security.md uses 7d) and then go.
+	if n := l.Rules[1].NoncurrentVersionExpiration; n == nil || n.NoncurrentDays < 7 || l.Rules[1].Expiration == nil || !l.Rules[1].Expiration.ExpiredObjectDeleteMarker {
+		t.Errorf("no rule expires noncurrent versions after the lock: %+v", l.Rules[1])
 	}
 }
 

@@ -3,15 +3,18 @@ package guard
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/internal/crypt"
 	"github.com/etcdguard/etcdguard/store"
 )
 
@@ -36,6 +39,8 @@ type Execution struct {
 	// DeletedByOthers counts the planned keys someone else deleted between the confirm's
 	// read and its delete: they are not in the saved copy, so undo does not recreate them.
 	DeletedByOthers int64 `json:"deleted_by_others"`
+	// Recipients are the age public keys the saved copy is encrypted to (none: in the clear).
+	Recipients []string `json:"recipients,omitempty"`
 }
 
 // Confirm executes a plan if it is still exactly right: not expired, of this cluster, its
@@ -49,10 +54,18 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	}
 	refuse := func(format string, a ...any) error {
 		msg := fmt.Sprintf(format, a...)
-		if err := record(ctx, st, Event{Event: "refuse", PlanID: p.ID, Cluster: p.Cluster, EtcdUser: opts.EtcdUser, Range: p.Range, Keys: p.KeyCount, Result: msg}); err != nil {
+		// Recorded under the plan asked for, where it was found: the stored plan's own id and
+		// cluster may be what is wrong with it.
+		if err := record(ctx, st, Event{Event: "refuse", PlanID: id, Cluster: opts.Cluster, EtcdUser: opts.EtcdUser, Range: p.Range, Keys: p.KeyCount, Result: msg}); err != nil {
 			return err
 		}
 		return fmt.Errorf("%w: plan %s: %s", ErrRefused, p.ID, msg)
+	}
+	if err := p.Validate(id); err != nil {
+		return nil, refuse("%v; make a new plan with --dry-run", err)
+	}
+	if p.Cluster != opts.Cluster { // before its state is read, under its cluster's prefix
+		return nil, refuse("it belongs to cluster %s, not %s", p.Cluster, opts.Cluster)
 	}
 	state, err := planState(ctx, st, p)
 	if err != nil {
@@ -67,7 +80,7 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		case err != nil:
 			return nil, err
 		case ex != nil:
-			return nil, refuse("it is executed: an earlier confirm deleted %d keys at revision %d and was interrupted before recording it; "+
+			return nil, refuse("it is executed: another confirm of it deleted %d keys at revision %d (one running now, or one interrupted before recording it); "+
 				"the keys are saved in %s (`etcdguard guard undo %s` puts them back)", ex.Deleted, ex.Revision, ex.SavedTo, p.ID)
 		case time.Now().After(p.ExpiresAt):
 			state = "expired"
@@ -88,7 +101,13 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 
 	// Read the range now, at revision R, and check it key by key against the plan while
 	// saving every key, value and lease TTL.
-	saved := deletedKey(p.Cluster, p.ID)
+	// A one-off delete checks the cluster's encryption, never decides it.
+	if err := crypt.CheckWrite(ctx, st, p.Cluster, "", false); errors.Is(err, crypt.ErrPolicy) {
+		return nil, refuse("%v; nothing was deleted", err)
+	} else if err != nil {
+		return nil, fmt.Errorf("%w; nothing was deleted", err)
+	}
+	saved := savedKey(st, p.Cluster, p.ID)
 	sw, err := newEntryWriter(ctx, st, saved)
 	if err != nil {
 		return nil, err
@@ -97,11 +116,17 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	errChanged := errors.New("changed")
 	ttls := map[int64]int64{}
 	var n int64
+	var first, last []byte
+	beforeScan(ctx)
 	rev, err := scanRange(ctx, cli, p.Range, 0, opts.PageSize, false, func(k []byte, mod int64, val []byte, lease int64) error {
 		want, ok := nextPlanned()
 		if !ok || !bytes.Equal(want.Key, k) || want.Mod != mod {
 			return errChanged
 		}
+		if n == 0 {
+			first = k
+		}
+		last = k
 		n++
 		ttl, err := leaseTTL(ctx, cli, ttls, lease)
 		if err != nil {
@@ -117,12 +142,24 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	if rerr := stopReading(); err == nil && rerr != nil {
 		err = fmt.Errorf("reading plan %s's keys: %w", p.ID, rerr)
 	}
+	// The key list is what is compared with etcd; the plan's summary is what the operator
+	// read and confirms (del asks for its key count): they must be the same keys.
+	if err == nil && (n != p.KeyCount || !sameKey(p.FirstKey, first) || !sameKey(p.LastKey, last)) {
+		sw.Abort(errChanged)
+		return nil, refuse("the stored plan is damaged or edited: it says %d keys from %q to %q, its key list holds %d from %q to %q; make a new plan with --dry-run",
+			p.KeyCount, p.FirstKey, p.LastKey, n, first, last)
+	}
 	if err != nil {
 		sw.Abort(err)
 		if errors.Is(err, errChanged) {
+			// Another confirm of this plan deleting its keys changes the range too; its
+			// saved copy, written before its delete, says one is at work.
+			if _, serr := st.Stat(ctx, saved); serr == nil && executedByAnother(ctx, st, p) {
+				return nil, refuse(executedByOther)
+			}
 			return nil, refuse("the range changed since the plan; run --dry-run again (planned at revision %d, now at %d)", p.Revision, rev)
 		}
-		return nil, err
+		return nil, fmt.Errorf("%w; nothing was deleted: confirm again", err)
 	}
 	if err := sw.Close(); err != nil {
 		return nil, fmt.Errorf("saving the keys to delete to %s: %w; nothing was deleted", saved, err)
@@ -140,13 +177,19 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		return nil, interrupted(ctx, cli, st, p, opts.EtcdUser, fmt.Errorf("deleting %s: %w", p.Range, err))
 	}
 	if !resp.Succeeded {
-		// Nothing was deleted: drop the saved copy, whose presence means "executed".
-		if derr := st.Delete(context.WithoutCancel(ctx), saved); derr != nil {
-			slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", derr)
-		}
-		return nil, refuse("a key in the range was written while confirming; nothing was deleted; run --dry-run again")
+		return nil, notDeleted(ctx, cli, st, p, saved, refuse)
 	}
 	ex := &Execution{PlanID: p.ID, Deleted: resp.Responses[0].GetResponseDeleteRange().Deleted, Revision: resp.Header.Revision, SavedTo: saved}
+	// Every planned key went between the read and the delete (the compare holds on an
+	// empty range, and a delete of nothing makes no revision, so reconcile would see them
+	// all). Another confirm of this plan at the same time does that, and its saved copy
+	// is the same object as this one's: nothing here may rewrite or record it.
+	if ex.Deleted == 0 && n > 0 {
+		return nil, goneMeanwhile(ctx, st, p, saved, refuse)
+	}
+	if strings.HasSuffix(saved, store.EncryptedExt) {
+		ex.Recipients = store.EncryptTo(st)
+	}
 	afterDelete(ctx)
 	if ex.Deleted != n {
 		if ex.DeletedByOthers, err = reconcile(ctx, cli, st, p, ex.Revision-1); err != nil {
@@ -156,11 +199,82 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	return ex, recordExecuted(ctx, st, p, ex, opts.EtcdUser, "")
 }
 
-// Tests interrupt a confirm here: after the keys are saved, and after etcd deleted them.
-var beforeDelete, afterDelete = func(context.Context) {}, func(context.Context) {}
+// notDeleted is a confirm's answer when its delete's compare failed: it deleted nothing.
+// If a key of the plan is still there as planned, no confirm of the plan ran its delete
+// (it deletes the whole range at once), so the saved copy, whose presence means
+// "executed", goes. Otherwise the planned keys were deleted meanwhile, by another confirm
+// of this plan most likely, whose saved copy is the same object: it stays.
+func notDeleted(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, saved string, refuse func(string, ...any) error) error {
+	left, err := inRange(ctx, cli, p.Range, 0, clientv3.WithMaxModRev(p.Revision))
+	if err != nil {
+		return fmt.Errorf("%w; this confirm deleted nothing, and whether another deleted plan %s's keys is not known; the saved copy %s is kept: `etcdguard guard plans` shows the plan's state",
+			err, p.ID, saved)
+	}
+	if left {
+		if derr := st.Delete(context.WithoutCancel(ctx), saved); derr != nil {
+			slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", derr)
+		}
+		return refuse("a key in the range was written while confirming; nothing was deleted; run --dry-run again")
+	}
+	return goneMeanwhile(ctx, st, p, saved, refuse)
+}
+
+// goneMeanwhile refuses a confirm that deleted nothing because the planned keys went
+// while it ran. The saved copy stays: it may be another confirm's. Unless that confirm
+// records the execution, the plan is left "interrupted", for the next confirm or undo to
+// settle from etcd's history.
+func goneMeanwhile(ctx context.Context, st store.Store, p *Plan, saved string, refuse func(string, ...any) error) error {
+	if executedByAnother(ctx, st, p) {
+		return refuse(executedByOther)
+	}
+	return refuse("its keys were deleted while confirming, by another confirm of it or by someone else, and this one deleted nothing; "+
+		"the saved copy %s is kept: `etcdguard guard plans` shows whether the plan is executed (a confirm again finds out and records it)", saved)
+}
+
+// executedByAnother waits a little for another confirm of p to record its execution: one
+// that won a race with this one records it right after its delete.
+func executedByAnother(ctx context.Context, st store.Store, p *Plan) bool {
+	for deadline := time.Now().Add(executedWait); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := st.Stat(ctx, stateKey(p.Cluster, p.ID, "executed")); err == nil {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+	}
+}
+
+// executedByOther is the refusal of a confirm that lost the race to another of its plan.
+const executedByOther = "it is executed: another confirm of it deleted its keys while this one was confirming; this one deleted nothing"
+
+// executedWait is how long a confirm that lost the race waits for the winner's record.
+var executedWait = 10 * time.Second
+
+// sameKey reports whether the key a plan names is k, as far as JSON kept it: a key that is
+// not UTF-8 comes back from it with U+FFFD in place of its other bytes.
+func sameKey(named string, k []byte) bool {
+	if utf8.Valid(k) {
+		return named == string(k)
+	}
+	b, _ := json.Marshal(string(k))
+	var kept string
+	_ = json.Unmarshal(b, &kept)
+	return named == kept
+}
+
+// Tests interrupt a confirm here: before it reads the range, after the keys are saved, and
+// after etcd deleted them.
+var beforeScan, beforeDelete, afterDelete = func(context.Context) {}, func(context.Context) {}, func(context.Context) {}
 
 // recordExecuted marks the plan executed and audits it.
 func recordExecuted(ctx context.Context, st store.Store, p *Plan, ex *Execution, etcdUser, note string) error {
+	// Two confirms of one plan at once: the one that lost may find the winner's delete
+	// before the winner recorded it, and settle it as interrupted. Whichever records
+	// first, the delete is recorded and audited once.
+	if _, err := st.Stat(ctx, stateKey(p.Cluster, p.ID, "executed")); err == nil {
+		slog.InfoContext(ctx, "the plan's execution is recorded already, by another confirm of it", "plan", p.ID)
+		return nil
+	}
 	if err := markState(ctx, st, p, "executed", ex); err != nil {
 		return fmt.Errorf("deleted %d keys, saved in %s (`etcdguard guard undo %s` puts them back), but recording the plan as executed failed: %w",
 			ex.Deleted, ex.SavedTo, p.ID, err)
@@ -191,7 +305,7 @@ func leaseTTL(ctx context.Context, cli *clientv3.Client, known map[int64]int64, 
 func interrupted(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, etcdUser string, cause error) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	saved := deletedKey(p.Cluster, p.ID)
+	saved := savedKey(st, p.Cluster, p.ID) // this process saved it
 	switch ex, err := settle(ctx, cli, st, p, etcdUser); {
 	case err != nil:
 		return fmt.Errorf("%w; whether etcd deleted the range is not known (%v): the keys are saved in %s; run `etcdguard del --confirm %s` again, which asks etcd and finishes or deletes",
@@ -254,7 +368,11 @@ func settle(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, 
 	if later || emptied.Count != 0 {
 		return nil, nil // others changed or deleted the keys; the plan's delete removed none
 	}
-	ex := &Execution{PlanID: p.ID, Revision: hi, SavedTo: deletedKey(p.Cluster, p.ID)}
+	saved, err := findSaved(ctx, st, p.Cluster, p.ID)
+	if err != nil {
+		return nil, err
+	}
+	ex := &Execution{PlanID: p.ID, Revision: hi, SavedTo: saved}
 	at, err := cli.Get(ctx, p.Range.Start, clientv3.WithRange(p.Range.End), clientv3.WithRev(lo), clientv3.WithCountOnly())
 	if err != nil {
 		return nil, err
@@ -280,10 +398,19 @@ func inRange(ctx context.Context, cli *clientv3.Client, r Range, rev int64, filt
 // read and the delete; it returns how many it dropped. The copy is rewritten through a
 // temporary object, as a store cannot read and replace one object at once.
 func reconcile(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, rev int64) (int64, error) {
-	saved := deletedKey(p.Cluster, p.ID)
+	saved, err := findSaved(ctx, st, p.Cluster, p.ID)
+	if err != nil {
+		return 0, err
+	}
+	// An encrypted copy is never rewritten, even where it could be read: the rewrite
+	// would encrypt it to this process's recipients (maybe none, maybe not the team's
+	// recovery key).
+	if strings.HasSuffix(saved, store.EncryptedExt) {
+		return listDropped(ctx, cli, st, p, rev)
+	}
 	tmp := saved + ".reconciling"
 	var dropped int64
-	err := copyEntries(ctx, st, saved, tmp, func(next func() (entry, bool), write func(entry) error) error {
+	err = copyEntries(ctx, st, saved, tmp, func(next func() (entry, bool), write func(entry) error) error {
 		_, err := scanRange(ctx, cli, p.Range, rev, 0, true, func(k []byte, _ int64, _ []byte, _ int64) error {
 			for {
 				e, ok := next()
@@ -321,6 +448,47 @@ func reconcile(ctx context.Context, cli *clientv3.Client, st store.Store, p *Pla
 		return 0, fmt.Errorf("removing from %s the keys others deleted before revision %d: %w", saved, rev+1, err)
 	}
 	slog.InfoContext(ctx, "saved copy reconciled with the delete", "plan", p.ID, "deleted_by_others", dropped)
+	return dropped, nil
+}
+
+// listDropped is reconcile for an encrypted saved copy, which is never rewritten (the
+// identity stays off the nodes that delete, and a rewrite could change its recipients):
+// the saved keys are exactly the plan's (the
+// confirm checked them one by one), so those others deleted before rev+1 are the plan's
+// keys missing from the range at rev. They are listed in droppedKey for undo to skip.
+func listDropped(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, rev int64) (int64, error) {
+	var dropped int64
+	err := copyEntries(ctx, st, planKeysKey(p.Cluster, p.ID), droppedKey(p.Cluster, p.ID), func(next func() (entry, bool), write func(entry) error) error {
+		_, err := scanRange(ctx, cli, p.Range, rev, 0, true, func(k []byte, _ int64, _ []byte, _ int64) error {
+			for {
+				e, ok := next()
+				if !ok {
+					return fmt.Errorf("%q was deleted at revision %d but is not among plan %s's keys", k, rev+1, p.ID)
+				}
+				if bytes.Equal(e.Key, k) {
+					return nil
+				}
+				dropped++
+				if err := write(entry{Key: e.Key}); err != nil {
+					return err
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		for e, ok := next(); ok; e, ok = next() {
+			dropped++
+			if err := write(entry{Key: e.Key}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("listing the keys of plan %s others deleted before revision %d: %w", p.ID, rev+1, err)
+	}
+	slog.InfoContext(ctx, "keys others deleted before the plan's delete are listed for undo to skip", "plan", p.ID, "deleted_by_others", dropped, "object", droppedKey(p.Cluster, p.ID))
 	return dropped, nil
 }
 
@@ -467,7 +635,25 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 		}
 		return nil
 	}
-	err = readEntries(ctx, st, deletedKey(cluster, id), func(e entry) error {
+	saved, err := findSaved(ctx, st, cluster, id)
+	if err != nil {
+		return nil, err
+	}
+	// Name the keys that open it before anything is put back (a confirm records them).
+	var ex Execution
+	if b, err := store.ReadAll(ctx, st, stateKey(cluster, id, "executed"), 1<<20); err == nil && json.Unmarshal(b, &ex) == nil && len(ex.Recipients) > 0 {
+		if err := crypt.CanRead(st, "the saved copy "+saved, ex.Recipients); err != nil {
+			return nil, err
+		}
+	}
+	dropped, err := droppedKeys(ctx, st, cluster, id)
+	if err != nil {
+		return nil, err
+	}
+	err = readEntries(ctx, st, saved, func(e entry) error {
+		if dropped[string(e.Key)] { // others deleted it before the plan did: it stays deleted
+			return nil
+		}
 		size := len(e.Key) + len(e.Value)
 		if len(batch) == undoBatch || batchBytes+size > undoBatchBytes {
 			if err := flush(); err != nil {
@@ -537,7 +723,7 @@ func planState(ctx context.Context, st store.Store, p *Plan) (string, error) {
 	}
 	// Saved keys without a record of the delete: the confirm stopped between saving them
 	// and recording the delete, which may or may not have happened; settle asks etcd.
-	if _, err := st.Stat(ctx, deletedKey(p.Cluster, p.ID)); err == nil {
+	if _, err := findSaved(ctx, st, p.Cluster, p.ID); err == nil {
 		return "interrupted", nil
 	} else if !errors.Is(err, store.ErrNotExist) {
 		return "", err
@@ -554,4 +740,17 @@ func markState(ctx context.Context, st store.Store, p *Plan, state string, v any
 		return err
 	}
 	return store.PutBytes(ctx, st, stateKey(p.Cluster, p.ID, state), b)
+}
+
+// droppedKeys reads the keys listDropped listed for plan id (none if it listed none).
+func droppedKeys(ctx context.Context, st store.Store, cluster, id string) (map[string]bool, error) {
+	out := map[string]bool{}
+	err := readEntries(ctx, st, droppedKey(cluster, id), func(e entry) error {
+		out[string(e.Key)] = true
+		return nil
+	})
+	if errors.Is(err, store.ErrNotExist) {
+		return out, nil
+	}
+	return out, err
 }

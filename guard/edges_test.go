@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"filippo.io/age"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdguard/etcdguard/internal/crypt"
+	"github.com/etcdguard/etcdguard/store"
 )
 
 // hook sets a confirm hook for one test.
@@ -17,11 +23,24 @@ func hook(t *testing.T, h *func(context.Context), f func(context.Context)) {
 	t.Cleanup(func() { *h = old })
 }
 
-func (e *env) savedKeys(t *testing.T, id string) map[string]bool {
+// savedKeys are the keys undo would put back: the saved copy, read through st, less those
+// listed as deleted by others.
+func (e *env) savedKeys(t *testing.T, st store.Store, id string) map[string]bool {
 	t.Helper()
+	ctx := context.Background()
+	key, err := findSaved(ctx, st, "c1", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := droppedKeys(ctx, st, "c1", id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	out := map[string]bool{}
-	if err := readEntries(context.Background(), e.st, deletedKey("c1", id), func(en entry) error {
-		out[string(en.Key)] = true
+	if err := readEntries(ctx, st, key, func(en entry) error {
+		if !dropped[string(en.Key)] {
+			out[string(en.Key)] = true
+		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -30,45 +49,126 @@ func (e *env) savedKeys(t *testing.T, id string) map[string]bool {
 }
 
 // A key someone else deletes between the confirm's read and its delete transaction is
-// not saved, so undo never recreates what a controller removed on purpose.
+// not saved, so undo never recreates what a controller removed on purpose. With the
+// saved copy encrypted, the same holds whether the node that deletes has the identity
+// (the copy is rewritten, encrypted) or not (the keys are listed for undo to skip).
 func TestConfirmWithConcurrentDeleter(t *testing.T) {
 	ctx := context.Background()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idFile := filepath.Join(t.TempDir(), "id")
+	if err := os.WriteFile(idFile, []byte(id.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	to, err := crypt.ParseRecipients([]string{id.Recipient().String()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := crypt.LoadIdentities(idFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name              string
+		confirmID, undoID bool // which side holds the identity
+		encrypted         bool
+	}{
+		{name: "in the clear"},
+		{name: "encrypted, identity where it deletes", encrypted: true, confirmID: true, undoID: true},
+		{name: "encrypted, identity only where it undoes", encrypted: true, undoID: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			confirmSt, undoSt := e.st, e.st
+			if tc.encrypted {
+				confirmSt, undoSt = crypt.Wrap(e.st, to, nil), crypt.Wrap(e.st, nil, ids)
+				if tc.confirmID {
+					confirmSt = crypt.Wrap(e.st, to, ids)
+				}
+			}
+			r, _ := Interpret([]string{"/registry-kube-1/pods/"}, true, false)
+			p := e.plan(t, r)
+			victims := []string{p.FirstKey, p.Sample[4], p.LastKey}
+			hook(t, &beforeDelete, func(context.Context) {
+				for _, k := range victims {
+					if _, err := e.cli.Delete(ctx, k); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+			ex, err := Confirm(ctx, e.cli, confirmSt, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			saved := e.savedKeys(t, undoSt, p.ID)
+			if ex.Deleted != p.KeyCount-3 || ex.DeletedByOthers != 3 || int64(len(saved)) != ex.Deleted {
+				t.Fatalf("deleted %d (by others %d) of %d planned; %d saved", ex.Deleted, ex.DeletedByOthers, p.KeyCount, len(saved))
+			}
+			for _, k := range victims {
+				if saved[k] {
+					t.Errorf("%s, deleted by someone else, is in the saved copy", k)
+				}
+			}
+			// A one-off delete never decides that the cluster's backups are encrypted (the
+			// daemon's saves would be refused from then on).
+			if _, err := e.st.Stat(ctx, "c1/encryption.json"); !errors.Is(err, store.ErrNotExist) {
+				t.Errorf("a confirm recorded the cluster's encryption: %v", err)
+			}
+			// Nothing with a value is stored in the clear.
+			objs, err := e.st.List(ctx, "c1/guard/deleted/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range objs {
+				if tc.encrypted && !strings.HasSuffix(o.Key, store.EncryptedExt) && o.Key != droppedKey("c1", p.ID) {
+					t.Errorf("%s is stored in the clear", o.Key)
+				}
+				if strings.Contains(o.Key, ".reconciling") {
+					t.Errorf("%s, a temporary copy, was left", o.Key)
+				}
+			}
+			u, err := Undo(ctx, e.cli, undoSt, "c1", p.ID, UndoOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			all := e.all(t)
+			if u.Restored != ex.Deleted || e.count(t, r) != ex.Deleted {
+				t.Fatalf("undo restored %d, %d keys in the range, %d deleted", u.Restored, e.count(t, r), ex.Deleted)
+			}
+			for _, k := range victims {
+				if _, ok := all[k]; ok {
+					t.Errorf("undo recreated %s, which someone else deleted", k)
+				}
+			}
+		})
+	}
+}
+
+// Undo of an encrypted saved copy without the identity fails before putting anything back.
+func TestUndoEncryptedNeedsTheIdentity(t *testing.T) {
+	ctx := context.Background()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	to, err := crypt.ParseRecipients([]string{id.Recipient().String()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	e := newEnv(t)
+	st := crypt.Wrap(e.st, to, nil)
 	r, _ := Interpret([]string{"/registry-kube-1/pods/"}, true, false)
 	p := e.plan(t, r)
-	victims := []string{p.FirstKey, p.Sample[4], p.LastKey}
-	hook(t, &beforeDelete, func(context.Context) {
-		for _, k := range victims {
-			if _, err := e.cli.Delete(ctx, k); err != nil {
-				t.Error(err)
-			}
-		}
-	})
-	ex, err := Confirm(ctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true})
-	if err != nil {
+	if _, err := Confirm(ctx, e.cli, st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); err != nil {
 		t.Fatal(err)
 	}
-	saved := e.savedKeys(t, p.ID)
-	if ex.Deleted != p.KeyCount-3 || ex.DeletedByOthers != 3 || int64(len(saved)) != ex.Deleted {
-		t.Fatalf("deleted %d (by others %d) of %d planned; %d saved", ex.Deleted, ex.DeletedByOthers, p.KeyCount, len(saved))
+	if _, err := Undo(ctx, e.cli, st, "c1", p.ID, UndoOptions{}); !errors.Is(err, crypt.ErrNoIdentity) || !strings.Contains(err.Error(), id.Recipient().String()) {
+		t.Fatalf("undo without the identity: %v, want ErrNoIdentity naming the recipient", err)
 	}
-	for _, k := range victims {
-		if saved[k] {
-			t.Errorf("%s, deleted by someone else, is in the saved copy", k)
-		}
-	}
-	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	all := e.all(t)
-	if u.Restored != ex.Deleted || e.count(t, r) != ex.Deleted {
-		t.Fatalf("undo restored %d, %d keys in the range, %d deleted", u.Restored, e.count(t, r), ex.Deleted)
-	}
-	for _, k := range victims {
-		if _, ok := all[k]; ok {
-			t.Errorf("undo recreated %s, which someone else deleted", k)
-		}
+	if n := e.count(t, r); n != 0 {
+		t.Fatalf("a failed undo put back %d keys", n)
 	}
 }
 
@@ -129,7 +229,7 @@ func TestConfirmInterrupted(t *testing.T) {
 				if tc.othersDelete {
 					want--
 				}
-				if saved := e.savedKeys(t, p.ID); int64(len(saved)) != want || saved[victim] != !tc.othersDelete {
+				if saved := e.savedKeys(t, e.st, p.ID); int64(len(saved)) != want || saved[victim] != !tc.othersDelete {
 					t.Fatalf("%d keys saved, want %d; the key others deleted is saved: %v", len(saved), want, saved[victim])
 				}
 				u, err := Undo(context.Background(), e.cli, e.st, "c1", p.ID, UndoOptions{})
@@ -282,5 +382,50 @@ func TestUndoNeverRecreatesOwnersDeletes(t *testing.T) {
 	}
 	if n := e.count(t, r); n != 0 {
 		t.Fatalf("undo recreated %d keys their owners deleted", n)
+	}
+}
+
+// Two saved copies of one plan (one left by a confirm that could not remove it): which
+// holds what was deleted cannot be told, so nothing uses either.
+func TestTwoSavedCopiesAreRefused(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	for _, key := range []string{deletedKey("c1", "p1"), deletedKey("c1", "p1") + store.EncryptedExt} {
+		if err := store.PutBytes(ctx, e.st, key, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := findSaved(ctx, e.st, "c1", "p1"); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "two saved copies") {
+		t.Fatalf("findSaved with two copies: %v", err)
+	}
+}
+
+// Keys that are not UTF-8 come back from the stored plan's JSON as U+FFFD: its digest
+// must still match, and the confirm and undo act on the keys' real bytes.
+func TestConfirmKeysNotUTF8(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	keys := []string{"/bin/a\xff", "/bin/b\xc3", "/bin/c"}
+	for _, k := range keys {
+		if _, err := e.cli.Put(ctx, k, "v-"+k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, _ := Interpret([]string{"/bin/"}, true, false)
+	p := e.plan(t, r)
+	if _, err := Confirm(ctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); err != nil {
+		t.Fatalf("confirm of a plan over keys that are not UTF-8: %v", err)
+	}
+	if n := e.count(t, r); n != 0 {
+		t.Fatalf("%d keys left after the confirm", n)
+	}
+	if _, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		resp, err := e.cli.Get(ctx, k)
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v-"+k {
+			t.Fatalf("after undo, %q: %v %v", k, resp, err)
+		}
 	}
 }

@@ -3,13 +3,17 @@ package guard
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -36,6 +40,10 @@ type Plan struct {
 	ExpiresAt  time.Time        `json:"expires_at"`
 	User       string           `json:"user"`
 	Host       string           `json:"host"`
+	// Digest is sha256 of the plan as MakePlan wrote it (this field empty): a stored plan
+	// damaged into another that still agrees with itself, a shifted range holding the
+	// same keys for one, is refused instead of confirmed for what the operator never read.
+	Digest string `json:"digest"`
 }
 
 // PlanOptions configures MakePlan.
@@ -53,6 +61,46 @@ func plansPrefix(cluster string) string     { return cluster + "/guard/plans/" }
 func planKey(cluster, id string) string     { return plansPrefix(cluster) + id + ".json" }
 func planKeysKey(cluster, id string) string { return plansPrefix(cluster) + id + ".keys.jsonl.zst" }
 func deletedKey(cluster, id string) string  { return cluster + "/guard/deleted/" + id + ".jsonl.zst" }
+
+// droppedKey lists, in the clear, the keys of an encrypted saved copy that others deleted
+// before the plan's delete (see reconcile): undo leaves them deleted. Key names only; the
+// plan's key list already holds them.
+func droppedKey(cluster, id string) string {
+	return cluster + "/guard/deleted/" + id + ".dropped.jsonl.zst"
+}
+
+// savedKey is where a confirm saves what it deletes: encrypted (store.EncryptedExt) when
+// the store encrypts, since the copy holds every value deleted.
+func savedKey(st store.Store, cluster, id string) string {
+	if len(store.EncryptTo(st)) > 0 {
+		return deletedKey(cluster, id) + store.EncryptedExt
+	}
+	return deletedKey(cluster, id)
+}
+
+// findSaved returns the key of the plan's saved copy, in the clear or encrypted, or an
+// error wrapping store.ErrNotExist if there is none.
+func findSaved(ctx context.Context, st store.Store, cluster, id string) (string, error) {
+	var found []string
+	for _, key := range []string{deletedKey(cluster, id), deletedKey(cluster, id) + store.EncryptedExt} {
+		_, err := st.Stat(ctx, key)
+		if err == nil {
+			found = append(found, key)
+		} else if !errors.Is(err, store.ErrNotExist) {
+			return "", err
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("the saved copy of plan %s (%s): %w", id, deletedKey(cluster, id), store.ErrNotExist)
+	case 1:
+		return found[0], nil
+	}
+	// Only a confirm that failed to remove its copy leaves one behind: which holds what
+	// was deleted cannot be told from here.
+	return "", fmt.Errorf("%w: plan %s has two saved copies, %s and %s: an earlier confirm left one; compare them (and the audit records under %s/guard/audit/) and remove the stale one",
+		ErrRefused, id, found[0], found[1], cluster)
+}
 func stateKey(cluster, id, state string) string {
 	return plansPrefix(cluster) + id + "." + state + ".json"
 }
@@ -65,47 +113,19 @@ func newPlanID(t time.Time) string {
 
 // scanRange reads every key in r at one revision and calls fn for each, in key order.
 // rev 0 reads at the current revision, which it returns. etcd 3.7+ streams the range
-// (RangeStream); older servers are read in pages of `page` keys, each of which makes etcd
-// count the rest of the range, so paging costs grow with the square of the range there.
+// (RangeStream); older servers are read in pages (pagedRange).
 func scanRange(ctx context.Context, cli *clientv3.Client, r Range, rev, page int64, keysOnly bool, fn func(k []byte, mod int64, val []byte, lease int64) error) (int64, error) {
-	opts := []clientv3.OpOption{clientv3.WithRange(r.End)}
-	if keysOnly {
-		opts = append(opts, clientv3.WithKeysOnly())
-	}
 	if streaming {
+		opts := []clientv3.OpOption{clientv3.WithRange(r.End)}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
+		}
 		got, err := streamRange(ctx, cli, r, rev, opts, fn)
 		if status.Code(err) != codes.Unimplemented {
 			return got, err
 		}
 	}
-	if page <= 0 {
-		page = 1000
-	}
-	start := r.Start
-	for {
-		// etcd returns a range in ascending key order; asking for a sort would make it read
-		// the whole range for every page before applying the limit.
-		popts := append(opts[:len(opts):len(opts)], clientv3.WithLimit(page))
-		if rev > 0 {
-			popts = append(popts, clientv3.WithRev(rev))
-		}
-		resp, err := cli.Get(ctx, start, popts...)
-		if err != nil {
-			return rev, fmt.Errorf("reading %s at revision %d: %w", r, rev, err)
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			if err := fn(kv.Key, kv.ModRevision, kv.Value, kv.Lease); err != nil {
-				return rev, err
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return rev, nil
-		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
+	return pagedRange(ctx, cli, r, rev, page, keysOnly, fn)
 }
 
 // streaming is switched off by tests, to cover the paged reads older servers get.
@@ -212,7 +232,10 @@ func MakePlan(ctx context.Context, cli *clientv3.Client, st store.Store, r Range
 		p.Warnings = []string{}
 	}
 
-	b, err := json.MarshalIndent(p, "", "  ")
+	if p.Digest, err = p.digest(); err != nil {
+		return nil, err
+	}
+	b, err := jsonBytes(p)
 	if err != nil {
 		return nil, err
 	}
@@ -269,3 +292,105 @@ func LoadPlan(ctx context.Context, st store.Store, cluster, id string) (*Plan, e
 }
 
 func jsonBytes(v any) ([]byte, error) { return json.MarshalIndent(v, "", "  ") }
+
+// digest is over the plan's canonical JSON, so a stored plan only re-spaced or re-ordered
+// keeps it and any change of what it says does not. The canonical form is that of the
+// plan as read back: JSON turns a key that is not UTF-8 into U+FFFD, so the plan MakePlan
+// holds and the one a confirm loads would otherwise never hash alike.
+func (p *Plan) digest() (string, error) {
+	c := *p
+	c.Digest = ""
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return "", err
+	}
+	var back Plan
+	if err := json.Unmarshal(b, &back); err != nil {
+		return "", err
+	}
+	if b, err = json.Marshal(&back); err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:]), nil
+}
+
+// planIDPattern is what newPlanID makes.
+var planIDPattern = regexp.MustCompile(`^p-[0-9]{8}T[0-9]{6}-[0-9a-f]{6}$`)
+
+// Validate checks that a stored plan says what MakePlan would have written for it: it is
+// plan id, its range is one Interpret makes, and its summary (what the operator read in
+// --dry-run and confirms) and warnings agree with that range. A plan object edited or
+// damaged in the store is refused rather than confirmed for something it does not say.
+// The summary against etcd is Confirm's to check.
+func (p *Plan) Validate(id string) error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("the stored plan is damaged or edited: "+format, a...)
+	}
+	r := p.Range
+	switch {
+	case p.ID != id:
+		return bad("it is stored as %s but says it is %q", id, p.ID)
+	case !planIDPattern.MatchString(p.ID):
+		return bad("%q is no plan id", p.ID)
+	case p.CreatedAt.UTC().Format("20060102T150405") != p.ID[2:17]:
+		return bad("created at %s, which is not the time in its id", p.CreatedAt.Format(time.RFC3339))
+	case p.Digest == "":
+		return bad("it has no digest (an older etcdguard made it)")
+	case r.Start == "" || r.End == "":
+		return bad("its range %s has no start or no end", r)
+	case r.DerivedFrom == "single key" && r.End != r.Start+"\x00",
+		r.DerivedFrom == "prefix" && r.End != clientv3.GetPrefixRangeEnd(r.Start),
+		r.DerivedFrom == "from-key" && r.End != fromKeyEnd:
+		return bad("its range %s is not a %s", r, r.DerivedFrom)
+	case r.DerivedFrom != "single key" && r.DerivedFrom != "prefix" && r.DerivedFrom != "from-key" && r.DerivedFrom != "explicit range end":
+		return bad("its range is derived from %q", r.DerivedFrom)
+	case p.Revision <= 0 || p.KeyCount < 0 || p.ValueBytes < 0:
+		return bad("revision %d, %d keys, %d bytes", p.Revision, p.KeyCount, p.ValueBytes)
+	case p.KeyCount == 0 && (p.FirstKey != "" || p.LastKey != "" || len(p.Sample) > 0 || p.ValueBytes > 0):
+		return bad("it has no keys but names some")
+	case p.KeyCount > 0 && (len(p.Sample) != int(min(p.KeyCount, sampleSize)) || p.Sample[0] != p.FirstKey || p.FirstKey > p.LastKey):
+		return bad("its first key, last key and sample do not agree with %d keys", p.KeyCount)
+	}
+	var typed int64
+	for typ, n := range p.ByType {
+		if n <= 0 {
+			return bad("%d keys of type %q", n, typ)
+		}
+		typed += n
+	}
+	if typed > p.KeyCount {
+		return bad("%d keys by type, more than its %d keys", typed, p.KeyCount)
+	}
+	// Keys that are not UTF-8 come back from JSON changed (U+FFFD), so only keys that went
+	// through it unchanged can be placed in the range.
+	keys := append([]string{r.Start, r.End, p.FirstKey, p.LastKey}, p.Sample...)
+	if !slices.ContainsFunc(keys, func(k string) bool { return strings.ContainsRune(k, utf8.RuneError) }) && p.KeyCount > 0 {
+		if !r.Contains(p.FirstKey) || !r.Contains(p.LastKey) {
+			return bad("its first or last key is outside its range %s", r)
+		}
+		for i, k := range p.Sample {
+			if i > 0 && k <= p.Sample[i-1] || k > p.LastKey {
+				return bad("its sample is not %d keys in order from the first", len(p.Sample))
+			}
+		}
+	}
+	// The warnings that follow from the summary alone must all be there: without them a
+	// confirm would not ask for --accept-warnings.
+	want := rangeWarnings(r)
+	if p.KeyCount == 0 {
+		want = append(want, "the range is empty: nothing would be deleted")
+	}
+	if len(p.ByType) > 1 {
+		want = append(want, fmt.Sprintf("the range spans %d resource types: %s", len(p.ByType), strings.Join(topTypes(p.ByType, 8), ", ")))
+	}
+	for _, w := range want {
+		if !slices.Contains(p.Warnings, w) {
+			return bad("it lacks the warning %q", w)
+		}
+	}
+	if d, err := p.digest(); err != nil || d != p.Digest {
+		return bad("what it says does not match its digest %s", p.Digest)
+	}
+	return nil
+}

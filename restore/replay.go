@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcdguard/etcdguard/delta"
+	"github.com/etcdguard/etcdguard/internal/crypt"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
 )
@@ -111,10 +113,27 @@ func Replay(ctx context.Context, st store.Store, base *snapshot.Manifest, segs [
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if !deltasEnd(err) {
+			// The store failed (a cut connection, a stall, an error answer), not the
+			// deltas: the point may well be reachable, and naming an earlier one would
+			// send an operator to restore less than the store holds.
+			return nil, fmt.Errorf("reading the deltas after revision %d: %w; the store failed, not the deltas: run the restore again", res.Revision, err)
+		}
 		return nil, fmt.Errorf("%w: the latest reachable point is revision %d (%s); a later snapshot may cover the rest (`etcdguard timeline`)",
 			err, res.Revision, res.Time.UTC().Format(time.RFC3339))
 	}
 	return done()
+}
+
+// errMissing is wrapped when the segments do not chain.
+var errMissing = errors.New("deltas are missing revisions")
+
+// deltasEnd says err means the stored deltas end early (a segment missing, corrupt, of
+// another history, one this restore cannot decrypt, or a hole in the chain) rather than a
+// store that failed to deliver them.
+func deltasEnd(err error) bool {
+	return errors.Is(err, delta.ErrCorrupt) || errors.Is(err, store.ErrNotExist) || errors.Is(err, ErrUnreachable) || errors.Is(err, errMissing) ||
+		errors.Is(err, crypt.ErrCorrupt) || errors.Is(err, crypt.ErrNoIdentity)
 }
 
 // readAhead sends, segment by segment and only once each matched its sha256, the
@@ -129,7 +148,7 @@ func readAhead(ctx context.Context, st store.Store, segs []*delta.Manifest, hist
 				ErrUnreachable, seg.Object, seg.History, history)
 		}
 		if seg.FromRev > next {
-			return fmt.Errorf("deltas are missing revisions %d to %d", next, seg.FromRev-1)
+			return fmt.Errorf("%w %d to %d", errMissing, next, seg.FromRev-1)
 		}
 		var revs []delta.Revision
 		err := delta.ReadSegment(ctx, st, seg, func(r delta.Revision) error {

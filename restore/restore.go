@@ -10,10 +10,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -78,6 +80,20 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 	}
 	if err := checkTargets(opts.Members); err != nil {
 		return nil, err
+	}
+	// A wrong or missing identity is known now, before a directory is created.
+	if err := snapshot.CanRead(st, m); err != nil {
+		return nil, err
+	}
+	if err := delta.CanRead(ctx, st, opts.Deltas); err != nil {
+		return nil, err
+	}
+	for _, mem := range opts.Members {
+		for _, dir := range []string{mem.DataDir, mem.WALDir} {
+			if dir != "" {
+				removeLeftovers(ctx, dir)
+			}
+		}
 	}
 
 	// Everything this restore creates is recorded, and removed again on any failure.
@@ -167,13 +183,20 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 				InitialClusterToken: opts.Token,
 				RevisionBump:        opts.BumpRevision,
 				MarkCompacted:       opts.MarkCompacted,
-				// A replayed db is our own bbolt file, written a moment ago from a
-				// verified snapshot; it has no sha256 trailer to check.
-				SkipHashCheck: replayed != nil,
+				// download checked all of the file (size, sha256, etcd's trailer) as it
+				// wrote it, and a replayed db is our own bbolt file without a trailer:
+				// etcd's check would read every member's copy once more for nothing.
+				SkipHashCheck: true,
 			})
 			if err != nil {
 				errs[i] = fmt.Errorf("restoring member %s: %w", tmp.Name, diskError(err, m.DBSize+walSegment))
 				return
+			}
+			for _, dir := range []string{tmp.DataDir, tmp.WALDir} {
+				if err := tightenModes(dir); err != nil {
+					errs[i] = fmt.Errorf("restoring member %s: %w", tmp.Name, err)
+					return
+				}
 			}
 			slog.InfoContext(ctx, "member restored", "member", tmp.Name, "took", since(start))
 		})
@@ -349,12 +372,76 @@ func mkdirParents(dir string) (string, error) {
 	return top, nil
 }
 
-// tempName is a hidden sibling of target, on the same filesystem so the final rename is atomic.
+// tightenModes takes group and other bits off every file and dir under dir. etcd's
+// restore writes the raft .snap file 0666 less the umask (0644 usually); it holds the
+// cluster's membership and the member's data dir is 0700 anyway, but what etcdguard
+// leaves on disk should not rely on a parent's mode nor on the operator's umask. etcd
+// requires nothing wider.
+func tightenModes(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if perm := info.Mode().Perm(); perm&0o077 != 0 && info.Mode().Type()&fs.ModeSymlink == 0 {
+			if err := os.Chmod(p, perm&^0o077); err != nil {
+				return fmt.Errorf("restricting %s to its owner: %w", p, err)
+			}
+		}
+		return nil
+	})
+}
+
+// tempName is a hidden sibling of target, on the same filesystem so the final rename is
+// atomic. It names this process, so a later restore can tell a killed one's leftovers
+// from a running one's.
 func tempName(target string) string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	target = filepath.Clean(target)
-	return filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".etcdguard-"+hex.EncodeToString(b[:]))
+	return filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".etcdguard-"+strconv.Itoa(os.Getpid())+"-"+hex.EncodeToString(b[:]))
+}
+
+// removeLeftovers removes what restores into target that were killed (kill -9, a power
+// cut) left beside it: a hidden data dir as big as the snapshot plus a 64 MiB WAL, and
+// the downloaded snapshot. Nothing else ever would, and each retry after a crash would
+// leave more, until the disk is too full to restore. Only the leftovers of processes
+// that no longer exist go; a failure to remove one is logged, not fatal.
+func removeLeftovers(ctx context.Context, target string) {
+	target = filepath.Clean(target)
+	parent, prefix := filepath.Dir(target), "."+filepath.Base(target)+".etcdguard-"
+	des, err := os.ReadDir(parent)
+	if err != nil {
+		return // no parent, no leftovers; an unreadable one fails the restore later, with its name
+	}
+	for _, de := range des {
+		rest, ok := strings.CutPrefix(de.Name(), prefix)
+		if !ok {
+			continue
+		}
+		pid, _, ok := strings.Cut(rest, "-")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil || n <= 0 || n == os.Getpid() || processExists(n) {
+			continue // a running restore's, or named before names carried the pid
+		}
+		p := filepath.Join(parent, de.Name())
+		if err := os.RemoveAll(p); err != nil {
+			slog.WarnContext(ctx, "could not remove what a killed restore left", "path", p, "err", err)
+			continue
+		}
+		slog.InfoContext(ctx, "removed what a killed restore left", "path", p)
+	}
+}
+
+func processExists(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // moveIntoPlace renames a finished dir to its target; an empty target dir is replaced.

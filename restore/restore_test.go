@@ -7,15 +7,19 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdguard/etcdguard/delta"
+	"github.com/etcdguard/etcdguard/internal/crypt"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
@@ -296,6 +300,32 @@ func TestRestoreTargets(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+	t.Run("what killed restores left is removed", func(t *testing.T) {
+		parent := t.TempDir()
+		opts := oneMember(t, parent)
+		gone := exec.Command("true")
+		if err := gone.Run(); err != nil {
+			t.Fatal(err)
+		}
+		dead, live := gone.Process.Pid, os.Getppid()
+		killed := fmt.Sprintf(".r1.etcd.etcdguard-%d-0badc0de", dead)
+		running := fmt.Sprintf(".r1.etcd.etcdguard-%d-00c0ffee", live)
+		unknown := ".r1.etcd.etcdguard-deadbeef" // no pid in it: cannot tell, kept
+		for _, d := range []string{killed, running, unknown} {
+			os.MkdirAll(filepath.Join(parent, d, "member", "snap"), 0o700)
+			os.WriteFile(filepath.Join(parent, d, "member", "snap", "db"), []byte("half"), 0o600)
+		}
+		os.WriteFile(filepath.Join(parent, killed+".db"), []byte("half a download"), 0o600)
+		if _, err := Restore(context.Background(), f.st, m, opts); err != nil {
+			t.Fatal(err)
+		}
+		got := entries(t, parent)
+		want := []string{running, unknown, "r1.etcd"}
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("parent holds %v, want %v", got, want)
+		}
+	})
 	t.Run("cancelled restore leaves nothing", func(t *testing.T) {
 		parent := filepath.Join(t.TempDir(), "r")
 		ctx, cancel := context.WithCancel(context.Background())
@@ -386,6 +416,27 @@ func TestRestoreRefusesBadDeltas(t *testing.T) {
 			}
 			return []*delta.Manifest{segs[0], other, segs[2]}
 		}, fmt.Sprintf(`belongs to history "20260101T000000Z-0ther0", the base snapshot to history %q`, base.History)},
+		// Encrypted segments this restore has no identity for: known before anything is
+		// downloaded or written (under another cluster name, so the plain ones stay).
+		{"encrypted segments without the identity", func(t *testing.T) []*delta.Manifest {
+			id, err := age.GenerateX25519Identity()
+			if err != nil {
+				t.Fatal(err)
+			}
+			to, err := crypt.ParseRecipients([]string{id.Recipient().String()}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []*delta.Manifest
+			for i := 0; i < 30; i += 10 {
+				m, err := delta.WriteSegment(ctx, crypt.Wrap(f.st, to, nil), "enc", delta.Identity{History: base.History}, revs[i:i+10])
+				if err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, m)
+			}
+			return out
+		}, "encrypted with age to "},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,4 +1,4 @@
-# Shared by demo.sh and bench.sh: loopback ports and a real etcd process.
+# For demo.sh: loopback ports and a real etcd process.
 # Needs $bin (the repo's bin/).
 
 # free_port prints a loopback port nothing listens on.
@@ -30,34 +30,5 @@ start_etcd() {
 	done
 	echo "etcd did not start; its log:" >&2
 	tail -n 20 "$log" >&2
-	return 1
-}
-
-# start_versitygw DIR LOG BUCKET: starts a local S3 server (versitygw) on loopback with
-# fresh credentials, creates BUCKET, and sets versitygw_pid, s3url and curlcfg (a curl
-# config that signs requests). The credentials go through the environment (exported for
-# etcdguard as AWS_*), never argv, so they stay out of process listings.
-start_versitygw() {
-	local dir="$1" log="$2" bucket="$3" port ak sk
-	port=$(free_port)
-	ak="bench$RANDOM"
-	sk="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-	mkdir -p "$dir"
-	ROOT_ACCESS_KEY="$ak" ROOT_SECRET_KEY="$sk" "$bin/versitygw" --port "127.0.0.1:$port" posix "$dir" >"$log" 2>&1 &
-	versitygw_pid=$!
-	export AWS_ACCESS_KEY_ID="$ak" AWS_SECRET_ACCESS_KEY="$sk" AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
-	s3url="http://127.0.0.1:$port"
-	curlcfg="$(dirname "$log")/curl.cfg"
-	printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:us-east-1:s3"\nheader = "x-amz-content-sha256: UNSIGNED-PAYLOAD"\nsilent\nshow-error\nfail\n' "$ak" "$sk" >"$curlcfg"
-	for _ in $(seq 150); do
-		if curl -s -o /dev/null "$s3url"; then
-			curl -K "$curlcfg" -X PUT "$s3url/$bucket" >/dev/null
-			return 0
-		fi
-		kill -0 "$versitygw_pid" 2>/dev/null || break
-		sleep 0.2
-	done
-	echo "versitygw did not start; its log:" >&2
-	tail -n 5 "$log" >&2
 	return 1
 }

@@ -10,6 +10,11 @@
 #
 # Both images carry etcdctl and etcdutl built from the etcd modules in our go.mod, the same
 # version etcdguard embeds (`etcdguard version -o json` prints it as etcd_client).
+#
+# release refuses, before building anything, unless VERSION is a release tag (vX.Y.Z or
+# vX.Y.Z-rc.N) on a clean HEAD and equals deploy/helm/etcdguard/Chart.yaml's appVersion: the
+# shipped manifests pull that tag, so an image published under any other name is one nobody
+# runs. RELEASE_SNAPSHOT=1 builds anyway, with a warning, for trying the release out.
 set -euo pipefail
 
 mode="${1:?usage: release.sh release|image}"
@@ -19,6 +24,30 @@ IMAGE_REPO="${IMAGE_REPO:-ghcr.io/etcdguard/etcdguard}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 t0=$SECONDS
+
+# release_refusal prints why this tree cannot be released as $VERSION, or nothing.
+release_refusal() {
+	local chart=deploy/helm/etcdguard/Chart.yaml app bump tag head
+	bump="bump appVersion and version in $chart, the image in deploy/static-pod.yaml and the docs together (docs/release.md), commit, git tag -a"
+	app="$(sed -n 's/^appVersion:[[:space:]]*"\{0,1\}\([^"#[:space:]]*\).*/\1/p' "$chart" 2>/dev/null || true)"
+	if [[ -z "$app" ]]; then
+		echo "no appVersion in $chart: it names the version the manifests pull"
+	elif ! [[ "${VERSION%-dirty}" =~ ^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-(alpha|beta|rc)\.(0|[1-9][0-9]*))?$ ]]; then
+		echo "VERSION $VERSION is not a release tag vX.Y.Z or vX.Y.Z-rc.N; $bump vX.Y.Z on a clean tree, then make release"
+	elif [[ "$VERSION" == *-dirty ]]; then
+		echo "VERSION $VERSION: the tree has uncommitted changes; commit or stash them and release the tagged commit"
+	elif [[ "$VERSION" != "$app" ]]; then
+		echo "VERSION $VERSION is not $chart's appVersion $app, the tag the manifests pull; $bump $VERSION, then make release"
+	elif [[ -n "$(git status --porcelain 2>&1)" ]]; then
+		echo "the tree has uncommitted or untracked files (git status); commit or remove them and release the tagged commit"
+	else
+		tag="$(git rev-parse -q --verify "refs/tags/$VERSION^{commit}" 2>/dev/null || true)"
+		head="$(git rev-parse -q --verify HEAD 2>/dev/null || true)"
+		if [[ -z "$tag" || "$tag" != "$head" || "$COMMIT" != "$head" ]]; then
+			echo "tag $VERSION is not HEAD ($head, COMMIT $COMMIT); git tag -a $VERSION on the release commit and check it out, then make release"
+		fi
+	fi
+}
 
 # build_arch ARCH DIR: the three static binaries for linux/ARCH into DIR.
 build_arch() {
@@ -41,6 +70,15 @@ image)
 		-tag "etcdguard:$VERSION" -version "$VERSION" -revision "$COMMIT" -out build/etcdguard-image.tar
 	;;
 release)
+	# Fails closed: a broken check refuses rather than releasing.
+	why="$(release_refusal)" || why="the release checks failed (${why:-no reason})"
+	if [[ -n "$why" ]]; then
+		if [[ "${RELEASE_SNAPSHOT:-}" != 1 ]]; then
+			echo "release.sh: refusing to release: $why (RELEASE_SNAPSHOT=1 make release for a test build)" >&2
+			exit 1
+		fi
+		echo "release.sh: WARNING: RELEASE_SNAPSHOT=1, a test build not to publish: $why" >&2
+	fi
 	out=build/release
 	rm -rf "$out" build/release-bin
 	mkdir -p "$out"

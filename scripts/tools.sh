@@ -45,7 +45,6 @@ build etcd ./internal/tools/etcd go.mod go.sum internal/tools/etcd/*.go
 build etcdctl go.etcd.io/etcd/etcdctl/v3 go.mod go.sum
 build etcdutl go.etcd.io/etcd/etcdutl/v3 go.mod go.sum
 build loadgen ./internal/tools/loadgen go.mod go.sum internal/loadgen/*.go internal/tools/loadgen/*.go
-build runstat ./internal/tools/runstat go.mod internal/tools/runstat/*.go
 
 # build_module NAME DIR [PKG]: a binary from a module of its own in DIR, whose versions (and
 # replace lines) must not leak into ours.
@@ -63,6 +62,9 @@ build_module() {
 # The etcd servers users run, beside the one in our go.mod.
 build_module etcd-3.5 internal/tools/etcd-3.5
 build_module etcd-3.6 internal/tools/etcd-3.6
+# The benchmark driver (make bench): a module of its own so that its plotting library
+# (gonum.org/v1/plot) stays out of etcdguard's go.mod.
+build_module perf internal/tools/perf
 # The real Kubernetes API server from k8s.io/kubernetes (it pins every k8s.io staging
 # module with replace lines); the first build takes about five minutes on 2 cores.
 build_module kube-apiserver internal/tools/kubernetes kube-apiserver

@@ -20,7 +20,9 @@ type ambiguousStore struct {
 	errInFlight error
 }
 
-func isManifest(key string) bool { return strings.HasSuffix(key, manifestExt) && !isRecord(key) }
+func isManifest(key string) bool {
+	return strings.Contains(key, "/snapshots/") && strings.HasSuffix(key, manifestExt) && !isRecord(key)
+}
 
 func (s *ambiguousStore) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
 	if !isManifest(key) {

@@ -65,7 +65,9 @@ func newEncoder(w io.Writer, compression, level string) (io.WriteCloser, error) 
 func newDecoder(r io.Reader, compression string) (io.ReadCloser, error) {
 	switch compression {
 	case "zstd":
-		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		// Two decoder goroutines: blocks are decoded while the caller hashes and writes
+		// the ones before (restore and verify are otherwise one goroutine end to end).
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(2), zstd.WithDecoderLowmem(true))
 		if err != nil {
 			return nil, err
 		}

@@ -39,9 +39,11 @@ type Manifest struct {
 	StoredSize  int64  `json:"stored_size"`
 	SHA256      string `json:"sha256"`
 	Compression string `json:"compression"`
-	Encryption  string `json:"encryption"`
-	Object      string `json:"object"`
-	ToolVersion string `json:"tool_version"`
+	Encryption  string `json:"encryption"` // none or age
+	// Recipients are the age public keys the object is encrypted to: who can restore it.
+	Recipients  []string `json:"recipients,omitempty"`
+	Object      string   `json:"object"`
+	ToolVersion string   `json:"tool_version"`
 	// History names the etcd history the snapshot belongs to: a restore starts a new one
 	// under the same cluster name, and deltas chain onto a snapshot only within its history.
 	History string `json:"history,omitempty"`
@@ -126,24 +128,35 @@ func writeManifest(ctx context.Context, st store.Store, m *Manifest) error {
 	return nil
 }
 
+// errBadManifest marks a manifest whose content is not one: what List skips.
+var errBadManifest = errors.New("not a valid manifest")
+
 func readManifest(ctx context.Context, st store.Store, key string) (*Manifest, error) {
 	b, err := store.ReadAll(ctx, st, key, 1<<20)
 	if err != nil {
 		return nil, err
 	}
+	return parseManifest(key, b)
+}
+
+// parseManifest decodes a manifest read from key.
+func parseManifest(key string, b []byte) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("manifest %s is not valid JSON: %w", key, err)
+		return nil, fmt.Errorf("manifest %s: %w: %w", key, errBadManifest, err)
 	}
 	if m.ID == "" || m.Object == "" {
-		return nil, fmt.Errorf("manifest %s has no id or object", key)
+		return nil, fmt.Errorf("manifest %s: %w: it has no id or object", key, errBadManifest)
 	}
 	return &m, nil
 }
 
 // List returns the cluster's complete snapshots, newest first, each with its Verification.
-// A manifest that cannot be read is logged and skipped, so one bad object never hides the
-// others during an outage.
+// A manifest whose content is bad, or that went between the listing and its read, is
+// logged and skipped, so one bad object never hides the others during an outage. One the
+// store fails to return fails the listing: skipped, the newest snapshot would vanish from
+// `restore --snapshot latest` and from the freshness check (paging EtcdSnapshotLost for a
+// store that merely hiccuped).
 func List(ctx context.Context, st store.Store, cluster string) ([]*Manifest, error) {
 	objs, err := st.List(ctx, snapshotsPrefix(cluster))
 	if err != nil {
@@ -165,6 +178,9 @@ func List(ctx context.Context, st store.Store, cluster string) ([]*Manifest, err
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
+			}
+			if !errors.Is(err, errBadManifest) && !errors.Is(err, store.ErrNotExist) {
+				return nil, fmt.Errorf("listing snapshots of cluster %s in %s: reading %s: %w", cluster, st, o.Key, err)
 			}
 			slog.WarnContext(ctx, "skipping unreadable manifest", "key", o.Key, "err", err)
 			continue
@@ -319,4 +335,31 @@ func ResolveCluster(ctx context.Context, st store.Store, cluster string) (string
 // objectKey is where a snapshot's data lives.
 func objectKey(cluster, id, compression string) string {
 	return path.Join(snapshotsPrefix(cluster), id+extension(compression))
+}
+
+// firstKey records the cluster's first stored snapshot, outside snapshots/ so that no
+// retention or cleanup of snapshots touches it: that the cluster was ever backed up is
+// what tells snapshots lost (page at once) from a new install's first one to come.
+func firstKey(cluster string) string { return cluster + "/first-snapshot.json" }
+
+// markFirst records m as the cluster's first snapshot unless one is recorded. A failure
+// only costs the distinction above, so it is logged, never the save's failure.
+func markFirst(ctx context.Context, st store.Store, m *Manifest, log *slog.Logger) {
+	if _, err := st.Stat(ctx, firstKey(m.Cluster)); !errors.Is(err, store.ErrNotExist) {
+		return
+	}
+	b, _ := json.Marshal(map[string]any{"id": m.ID, "created_at": m.CreatedAt})
+	if err := store.PutBytes(ctx, st, firstKey(m.Cluster), b); err != nil {
+		log.WarnContext(ctx, "could not record the cluster's first snapshot", "key", firstKey(m.Cluster), "err", err)
+	}
+}
+
+// EverStored says whether the cluster has had a snapshot stored (by an etcdguard that
+// records it: this one and later).
+func EverStored(ctx context.Context, st store.Store, cluster string) (bool, error) {
+	_, err := st.Stat(ctx, firstKey(cluster))
+	if errors.Is(err, store.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
 }

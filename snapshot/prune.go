@@ -27,6 +27,9 @@ type Decision struct {
 	History string   `json:"history,omitempty"`
 	Keep    bool     `json:"keep"`
 	Reasons []string `json:"reasons"` // why it is kept
+	// LockedUntil is set when the policy would delete the snapshot but its objects are
+	// under a retention lock (S3 Object Lock) until then: it is kept, and not a failure.
+	LockedUntil string `json:"locked_until,omitempty"`
 }
 
 // Plan decides for every snapshot (newest first, as List returns them, with their
@@ -77,6 +80,13 @@ func (r Retention) Plan(all []*Manifest, now time.Time) ([]Decision, error) {
 	return out, nil
 }
 
+// keepLocked turns a deletion into a keep: the lock is the backup doing its job.
+func keepLocked(ctx context.Context, d *Decision, cluster, until string) {
+	d.Keep, d.LockedUntil = true, until
+	d.Reasons = append(d.Reasons, "locked until "+until)
+	slog.InfoContext(ctx, "snapshot kept: locked until "+until, "cluster", cluster, "id", d.ID, "created_at", d.Created)
+}
+
 func recordKey(cluster, id, suffix string) string { return snapshotsPrefix(cluster) + id + suffix }
 
 // verification is the record of one verification's outcome.
@@ -107,7 +117,13 @@ func RecordVerification(ctx context.Context, st store.Store, rep *VerifyReport) 
 		return fmt.Errorf("recording the verification of snapshot %s as %s: %w", rep.ID, key, err)
 	}
 	if rep.OK {
-		if err := st.Delete(ctx, recordKey(rep.Cluster, rep.ID, failedSuffix)); err != nil {
+		// Only when there is one: a daemon may run without delete rights (--prune=false),
+		// and S3 refuses even a no-op delete then.
+		failed := recordKey(rep.Cluster, rep.ID, failedSuffix)
+		if _, err := st.Stat(ctx, failed); errors.Is(err, store.ErrNotExist) {
+			return nil
+		}
+		if err := st.Delete(ctx, failed); err != nil {
 			return fmt.Errorf("removing the failed verification record of snapshot %s: %w", rep.ID, err)
 		}
 	}
@@ -116,7 +132,8 @@ func RecordVerification(ctx context.Context, st store.Store, rep *VerifyReport) 
 
 // Prune applies the retention policy to the cluster's snapshots and, unless dryRun,
 // deletes the rest: manifest first, so a snapshot disappears from listings at once and a
-// half-done prune never leaves a listed snapshot without its data.
+// half-done prune never leaves a listed snapshot without its data. A snapshot any of whose
+// objects is still under a retention lock is kept whole, with LockedUntil set.
 func Prune(ctx context.Context, st store.Store, cluster string, r Retention, now time.Time, dryRun bool) ([]Decision, error) {
 	all, err := List(ctx, st, cluster)
 	if err != nil {
@@ -136,10 +153,27 @@ func Prune(ctx context.Context, st store.Store, cluster string, r Retention, now
 		if strings.HasPrefix(m.Object, snapshotsPrefix(cluster)) {
 			keys = append(keys, m.Object)
 		}
+		until, err := store.LockedUntil(ctx, st, now, keys...)
+		if err != nil {
+			return decisions, fmt.Errorf("pruning snapshot %s (checking its retention lock): %w; run prune again to finish", m.ID, err)
+		}
+		if !until.IsZero() {
+			keepLocked(ctx, &decisions[i], cluster, until.UTC().Format(time.RFC3339))
+			continue
+		}
 		for _, key := range keys {
-			if err := st.Delete(ctx, key); err != nil {
+			err := st.Delete(ctx, key)
+			if errors.Is(err, store.ErrLocked) {
+				// Locked since we looked (a bucket default retention, another writer).
+				keepLocked(ctx, &decisions[i], cluster, "its retention date")
+				break
+			}
+			if err != nil {
 				return decisions, fmt.Errorf("pruning snapshot %s (deleting %s): %w; run prune again to finish", m.ID, key, err)
 			}
+		}
+		if decisions[i].Keep {
+			continue
 		}
 		slog.InfoContext(ctx, "snapshot pruned", "cluster", cluster, "id", m.ID, "created_at", d.Created)
 	}

@@ -14,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/internal/crypt"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/store"
 	"github.com/etcdguard/etcdguard/store/file"
@@ -106,7 +108,13 @@ func TestSaveListVerify(t *testing.T) {
 		for _, compression := range Compressions {
 			t.Run(b.name+"/"+compression, func(t *testing.T) {
 				st, leftovers := b.open(t)
+				if ever, err := EverStored(context.Background(), st, "c1"); ever || err != nil {
+					t.Fatalf("EverStored before the first snapshot: %v, %v", ever, err)
+				}
 				m := save(t, cli, e, st, compression)
+				if ever, err := EverStored(context.Background(), st, "c1"); !ever || err != nil {
+					t.Errorf("EverStored after a snapshot: %v, %v", ever, err)
+				}
 
 				if m.KeyCount == nil || *m.KeyCount != int64(wantStatus.TotalKey) {
 					t.Errorf("manifest key_count %v, etcdutl counts %d keys", m.KeyCount, wantStatus.TotalKey)
@@ -206,6 +214,7 @@ func TestVerifyDetectsCorruption(t *testing.T) {
 		compression string
 		mangle      func([]byte) []byte
 		manifest    func(*Manifest)
+		encrypted   bool // with age: the stored bytes are ciphertext
 		want        string
 	}{
 		// 16 bytes: one bit can fall in a zstd bitstream's padding and decode the same
@@ -220,14 +229,33 @@ func TestVerifyDetectsCorruption(t *testing.T) {
 		{name: "truncated, uncompressed", compression: "none", mangle: func(b []byte) []byte { return b[:len(b)-4096] }, want: "size"},
 		{name: "wrong manifest sha256", compression: "zstd", manifest: func(m *Manifest) { m.SHA256 = strings.Repeat("0", 64) }, want: "sha256"},
 		{name: "wrong manifest revision", compression: "zstd", manifest: func(m *Manifest) { m.Revision++ }, want: "revision"},
+		// Corrupt ciphertext is a failed verification, never a store error that leaves the
+		// snapshot counted as good.
+		{name: "flipped byte in the payload, age", compression: "zstd", encrypted: true, mangle: func(b []byte) []byte { b[len(b)/2] ^= 1; return b }, want: "cannot decrypt"},
+		{name: "damaged header, age", compression: "none", encrypted: true, mangle: func(b []byte) []byte { b[40] ^= 1; return b }, want: "cannot decrypt"},
+		{name: "truncated, age", compression: "zstd", encrypted: true, mangle: func(b []byte) []byte { return b[:len(b)-1000] }, want: "cannot decrypt"},
 	}
+	key, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "id")
+	if err := os.WriteFile(keyFile, []byte(key.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	to := must(crypt.ParseRecipients([]string{key.Recipient().String()}, nil))
+	ids := must(crypt.LoadIdentities(keyFile))
 	for _, b := range backends() {
 		for _, tc := range cases {
 			t.Run(b.name+"/"+tc.name, func(t *testing.T) {
-				st, _ := b.open(t)
+				raw, _ := b.open(t)
+				st := raw
+				if tc.encrypted {
+					st = crypt.Wrap(raw, to, ids)
+				}
 				m := save(t, cli, e, st, tc.compression)
 				if tc.mangle != nil {
-					b.rewriter(t, st, m.Object, tc.mangle)
+					b.rewriter(t, raw, m.Object, tc.mangle)
 				}
 				if tc.manifest != nil {
 					tc.manifest(m)
@@ -265,4 +293,145 @@ func TestFindUnknownIDNamesNearest(t *testing.T) {
 func TestMain(m *testing.M) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	os.Exit(m.Run())
+}
+
+// getFails is a store whose reads of manifests fail, as a store returning 503s does.
+type getFails struct{ store.Store }
+
+func (g getFails) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	if strings.HasSuffix(key, manifestExt) {
+		return nil, errors.New("503 SlowDown")
+	}
+	return g.Store.Get(ctx, key)
+}
+
+// A manifest the store fails to return fails the listing: skipped, the newest snapshot
+// would drop out of `restore --snapshot latest` and the freshness check would say the
+// snapshots are gone. One whose content is bad is skipped.
+func TestListFailsWhenTheStoreFailsARead(t *testing.T) {
+	fs, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	m := &Manifest{ID: "20261130T000000Z-abcdef", Cluster: "c1", CreatedAt: time.Now(), Object: objectKey("c1", "20261130T000000Z-abcdef", "zstd")}
+	if err := writeManifest(ctx, fs, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.PutBytes(ctx, fs, "c1/snapshots/20261129T000000Z-bad000.json", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := List(ctx, fs, "c1"); err != nil || len(list) != 1 {
+		t.Fatalf("with one bad manifest: %v, %v; want the good one alone", list, err)
+	}
+	if list, err := List(ctx, getFails{fs}, "c1"); err == nil || !strings.Contains(err.Error(), "503 SlowDown") {
+		t.Fatalf("with reads failing: %v, %v; want the store's error", list, err)
+	}
+}
+
+// An identity that is not a recipient's (here a post-quantum one) is the identity's
+// problem: verify says so, and never records the snapshot as failed.
+func TestVerifyWithAnotherIdentityIsNoFinding(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	raw, _ := backends()[0].open(t)
+	x := must(age.GenerateX25519Identity())
+	m := save(t, cli, e, crypt.Wrap(raw, must(crypt.ParseRecipients([]string{x.Recipient().String()}, nil)), nil), "zstd")
+	pq := must(age.GenerateHybridIdentity())
+	file := filepath.Join(t.TempDir(), "pq")
+	if err := os.WriteFile(file, []byte(pq.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Verify(context.Background(), crypt.Wrap(raw, nil, must(crypt.LoadIdentities(file))), m)
+	if !errors.Is(err, crypt.ErrNoIdentity) || rep != nil {
+		t.Fatalf("verify with another identity: report %+v, err %v; want ErrNoIdentity and no report", rep, err)
+	}
+}
+
+// A save killed between its object and its manifest leaves an object nothing lists: the
+// next save with --stale-upload-age removes it once it is older than that, and leaves
+// alone a younger one (a save in progress writes its manifest a moment later) and every
+// object a manifest names.
+func TestSaveRemovesObjectsWithoutManifest(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	dir := t.TempDir()
+	st, err := file.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := save(t, cli, e, st, "zstd")
+	old, young := "c1/snapshots/20200101T000000Z-0ld0bj.db.zst", "c1/snapshots/20200101T000001Z-y0ung0.db.zst.age"
+	for _, k := range []string{old, young} {
+		if err := store.PutBytes(context.Background(), st, k, []byte("an interrupted save's object")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	twoHoursAgo := time.Now().Add(-2 * time.Hour)
+	for _, k := range []string{old, kept.Object} {
+		if err := os.Chtimes(filepath.Join(dir, k), twoHoursAgo, twoHoursAgo); err != nil {
+			t.Fatal(err)
+		}
+	}
+	saveAgain := func() {
+		t.Helper()
+		if _, err := Save(context.Background(), cli, st, SaveOptions{Cluster: "c1", Endpoint: e.Endpoints[0], Compression: "zstd", Level: "fastest", StaleUploadAge: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first look only marks: an object's date cannot tell a leftover from a save
+	// about to write its manifest (S3 dates a multipart object by its upload's start).
+	saveAgain()
+	for _, k := range []string{old, young, kept.Object} {
+		if _, err := st.Stat(context.Background(), k); err != nil {
+			t.Errorf("%s was removed at the first look: %v", k, err)
+		}
+	}
+	// An hour later, the marked object without a manifest goes, with its marker.
+	if err := os.Chtimes(filepath.Join(dir, orphanKey("c1", "20200101T000000Z-0ld0bj")), twoHoursAgo, twoHoursAgo); err != nil {
+		t.Fatal(err)
+	}
+	saveAgain()
+	for _, k := range []string{old, orphanKey("c1", "20200101T000000Z-0ld0bj")} {
+		if _, err := st.Stat(context.Background(), k); !errors.Is(err, store.ErrNotExist) {
+			t.Errorf("%s, an hour after it was marked without a manifest: stat err = %v, want it removed", k, err)
+		}
+	}
+	for _, k := range []string{young, orphanKey("c1", "20200101T000001Z-y0ung0"), kept.Object} {
+		if _, err := st.Stat(context.Background(), k); err != nil {
+			t.Errorf("%s was removed: %v", k, err)
+		}
+	}
+	if list, err := List(context.Background(), st, "c1"); err != nil || len(list) != 3 || list[1].Verification == Missing {
+		t.Errorf("list = %v, %v; want the three saves, complete", list, err)
+	}
+}
+
+// A save that completes its object while another save looks for leftovers is marked, not
+// removed, and its marker goes once its manifest is there.
+func TestOrphanMarkerOfASaveThatFinishes(t *testing.T) {
+	st, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	obj := "c1/snapshots/20200101T000000Z-s1ow00.db.zst"
+	if err := store.PutBytes(ctx, st, obj, []byte("a save's object, its manifest not yet written")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := removeOrphans(ctx, st, "c1", 0); err != nil || n != 0 {
+		t.Fatalf("first look = %d, %v; want nothing removed", n, err)
+	}
+	if err := store.PutBytes(ctx, st, manifestKey("c1", "20200101T000000Z-s1ow00"), []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := removeOrphans(ctx, st, "c1", 0); err != nil || n != 0 {
+		t.Fatalf("second look = %d, %v; want nothing removed: the manifest is there", n, err)
+	}
+	if _, err := st.Stat(ctx, obj); err != nil {
+		t.Errorf("the finished save's object was removed: %v", err)
+	}
+	if _, err := st.Stat(ctx, orphanKey("c1", "20200101T000000Z-s1ow00")); !errors.Is(err, store.ErrNotExist) {
+		t.Errorf("the marker stayed after the manifest came: %v", err)
+	}
 }

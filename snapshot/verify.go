@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/etcdguard/etcdguard/internal/crypt"
 	"github.com/etcdguard/etcdguard/store"
 )
 
@@ -49,7 +50,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
-	if err != nil && err != io.EOF {
+	// Ciphertext that does not authenticate is the data's fault, not the store's.
+	if err != nil && err != io.EOF && !errors.Is(err, crypt.ErrCorrupt) {
 		err = ioError{err}
 	}
 	return n, err
@@ -72,7 +74,8 @@ func (m markingWriter) Write(p []byte) (int, error) {
 func ReadVerified(ctx context.Context, r io.Reader, m *Manifest, w io.Writer) (Checked, error) {
 	src := &countingReader{ctx: ctx, r: r}
 	var problems []string
-	d := newDigest()
+	d := newDigestBehind()
+	defer d.stop()
 	dec, err := newDecoder(src, m.Compression)
 	if err == nil {
 		_, err = io.CopyBuffer(io.MultiWriter(d, markingWriter{w}), dec, make([]byte, 256<<10))
@@ -82,10 +85,15 @@ func ReadVerified(ctx context.Context, r io.Reader, m *Manifest, w io.Writer) (C
 		if errors.As(err, new(ioError)) {
 			return Checked{}, err
 		}
-		problems = append(problems, fmt.Sprintf("cannot decompress (%s): %v", m.Compression, err))
+		if m.Encryption == "age" {
+			problems = append(problems, fmt.Sprintf("cannot decrypt (age) and decompress (%s): %v", m.Compression, err))
+		} else {
+			problems = append(problems, fmt.Sprintf("cannot decompress (%s): %v", m.Compression, err))
+		}
 	}
 	// Count what the decoder did not read, so a stored-size mismatch is always reported.
-	if _, err := io.Copy(io.Discard, src); err != nil {
+	// Past a ciphertext that does not authenticate there is nothing more to read.
+	if _, err := io.Copy(io.Discard, src); err != nil && !errors.Is(err, crypt.ErrCorrupt) {
 		return Checked{}, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -93,6 +101,9 @@ func ReadVerified(ctx context.Context, r io.Reader, m *Manifest, w io.Writer) (C
 	}
 	res, derr := d.finish()
 	c := Checked{StoredSize: src.n, DBSize: res.Size, SHA256: res.SHA256, Revision: res.Revision}
+	if s, ok := r.(store.StoredSizer); ok { // decrypted: what the store holds is the ciphertext
+		c.StoredSize = s.StoredSize()
+	}
 	if c.StoredSize != m.StoredSize {
 		problems = append(problems, fmt.Sprintf("stored size %d, manifest says %d", c.StoredSize, m.StoredSize))
 	}
@@ -126,11 +137,21 @@ type VerifyReport struct {
 // Verify streams a stored snapshot back and checks it (see ReadVerified). Corruption is a
 // report with OK false; the error is for failing to read it at all.
 func Verify(ctx context.Context, st store.Store, m *Manifest) (*VerifyReport, error) {
+	if err := CanRead(st, m); err != nil {
+		return nil, err
+	}
 	rc, err := st.Get(ctx, m.Object)
 	if err != nil {
 		if errors.Is(err, store.ErrNotExist) {
 			return &VerifyReport{ID: m.ID, Cluster: m.Cluster, Object: m.Object,
 				Problems: []string{"object " + m.Object + " is missing"}}, nil
+		}
+		// A damaged age header: corrupt, or a recipient stanza that no longer opens for an
+		// identity that is among the manifest's recipients. Any other identity failing is
+		// the identity's problem, never the snapshot's (a failed verification is recorded).
+		if errors.Is(err, crypt.ErrCorrupt) || errors.Is(err, crypt.ErrNoIdentity) && crypt.Matches(st, m.Recipients) {
+			return &VerifyReport{ID: m.ID, Cluster: m.Cluster, Object: m.Object,
+				Problems: []string{"cannot decrypt (age): " + err.Error()}}, nil
 		}
 		return nil, fmt.Errorf("opening snapshot %s: %w", m.Object, err)
 	}
@@ -146,4 +167,13 @@ func Verify(ctx context.Context, st store.Store, m *Manifest) (*VerifyReport, er
 	}
 	rep.OK = len(rep.Problems) == 0
 	return rep, nil
+}
+
+// CanRead says whether st can read m's object: an encrypted one needs an identity of one of
+// its recipients. Callers ask before they write anything.
+func CanRead(st store.Store, m *Manifest) error {
+	if m.Encryption != "age" {
+		return nil
+	}
+	return crypt.CanRead(st, "snapshot "+m.ID, m.Recipients)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 )
 
@@ -18,14 +19,20 @@ type WrapOptions struct {
 	// an 8 GiB upload may take an hour, but never this long without a part moving. A Put's
 	// time waiting for its source (etcd) does not count. 0 disables it.
 	Timeout time.Duration
+	// Retry is how failed calls are retried (DefaultRetry; zero Attempts: never).
+	Retry RetryPolicy
 }
 
 // Wrap assembles the decorators every store the binary opens gets, in one place (like
 // restic's wrapBackend), so backends stay plain: the leadership fence (see WithFence),
-// then deadlines.
+// then retries, then deadlines, so that each attempt gets its own deadline and a stalled
+// one is tried again.
 func Wrap(s Store, o WrapOptions) Store {
 	if o.Timeout > 0 {
 		s = &deadlines{Store: s, timeout: o.Timeout}
+	}
+	if o.Retry.Attempts > 1 {
+		s = &retrying{Store: s, p: o.Retry}
 	}
 	return fenced{s}
 }
@@ -40,6 +47,11 @@ type deadlines struct {
 // stalled explains an error that the timeout caused, and passes others through.
 func (s *deadlines) stalled(ctx context.Context, op, key string, err error) error {
 	if err == nil || !errors.Is(context.Cause(ctx), ErrStalled) {
+		return err
+	}
+	// The call may have failed for a reason of its own before the timeout went off (and
+	// then stalled cleaning up): that reason is the one to tell.
+	if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrStalled) {
 		return err
 	}
 	return fmt.Errorf("%s %s in %s: %w: nothing moved for %s; check that the store is reachable, or raise --store-timeout for a slow link",
@@ -87,9 +99,20 @@ func (s *deadlines) AbortIncomplete(ctx context.Context, prefix string, olderTha
 // Get runs its watchdog while the caller waits for the store (opening, then inside each
 // Read), not while the caller works on what it read.
 func (s *deadlines) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	return s.get(ctx, key, s.Store.Get)
+}
+
+// GetRange is Get from byte off on, for a backend that can (Ranger).
+func (s *deadlines) GetRange(ctx context.Context, key string, off int64, version string) (io.ReadCloser, error) {
+	return s.get(ctx, key, func(ctx context.Context, key string) (io.ReadCloser, error) {
+		return getRange(ctx, s.Store, key, off, version)
+	})
+}
+
+func (s *deadlines) get(ctx context.Context, key string, open func(context.Context, string) (io.ReadCloser, error)) (io.ReadCloser, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := newWatchdog(s.timeout, cancel)
-	rc, err := s.Store.Get(ctx, key)
+	rc, err := open(ctx, key)
 	w.disarm()
 	if err != nil {
 		cancel(nil)
@@ -105,22 +128,56 @@ func (s *deadlines) Put(ctx context.Context, key string, r io.Reader) (int64, er
 	defer cancel(nil)
 	w := newWatchdog(s.timeout, cancel)
 	defer w.disarm()
-	n, err := s.Store.Put(ctx, key, &sourceReader{r: r, w: w})
+	n, err := s.Store.Put(context.WithValue(ctx, progressKey{}, w.touch), key, &sourceReader{r: r, w: w})
 	return n, s.stalled(ctx, "put", key, err)
 }
 
 // watchdog cancels with ErrStalled when armed for longer than its timeout.
 type watchdog struct {
-	t *time.Timer
-	d time.Duration
+	t     *time.Timer
+	d     time.Duration
+	mu    sync.Mutex
+	armed bool
 }
 
 func newWatchdog(d time.Duration, cancel context.CancelCauseFunc) *watchdog {
-	return &watchdog{t: time.AfterFunc(d, func() { cancel(ErrStalled) }), d: d}
+	return &watchdog{t: time.AfterFunc(d, func() { cancel(ErrStalled) }), d: d, armed: true}
 }
 
-func (w *watchdog) arm()    { w.t.Reset(w.d) }
-func (w *watchdog) disarm() { w.t.Stop() }
+func (w *watchdog) arm() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.armed = true
+	w.t.Reset(w.d)
+}
+
+func (w *watchdog) disarm() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.armed = false
+	w.t.Stop()
+}
+
+// touch restarts the timeout if it runs: progress the backend reports while the caller
+// waits for it, not while it waits for the source.
+func (w *watchdog) touch() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.armed {
+		w.t.Reset(w.d)
+	}
+}
+
+type progressKey struct{}
+
+// Progress tells the deadline of the Put that ctx belongs to that the backend moved bytes
+// or got an answer: a multipart upload waits on its parts, not on its source, for long
+// spells, and a part retried after a stall is progress too.
+func Progress(ctx context.Context) {
+	if touch, ok := ctx.Value(progressKey{}).(func()); ok {
+		touch()
+	}
+}
 
 type sourceReader struct {
 	r io.Reader
@@ -150,6 +207,14 @@ func (r *stallReader) Read(p []byte) (int, error) {
 		err = r.s.stalled(r.ctx, "read", r.key, err)
 	}
 	return n, err
+}
+
+// Version passes on what the backend's reader knows (Versioned), for retries to resume.
+func (r *stallReader) Version() (string, int64) {
+	if v, ok := r.rc.(Versioned); ok {
+		return v.Version()
+	}
+	return "", -1
 }
 
 func (r *stallReader) Close() error {

@@ -14,6 +14,8 @@ type fenceKey struct{}
 // that stores what is buffered after a cancel), and check is asked right before each
 // write, so a process that was stopped past its lease cannot slip one in before a timer
 // had the chance to cancel it.
+//
+// check is called from several goroutines at once (a multipart upload's parts).
 func WithFence(ctx context.Context, check func() error) context.Context {
 	return context.WithValue(ctx, fenceKey{}, check)
 }

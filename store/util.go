@@ -3,10 +3,12 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"strings"
+	"time"
 )
 
 // CheckKey rejects keys that are not plain slash-separated relative paths, so that
@@ -54,4 +56,25 @@ func ReadAll(ctx context.Context, s Store, key string, limit int64) ([]byte, err
 		return nil, fmt.Errorf("read %s from %s: object is larger than the %d bytes expected", key, s, limit)
 	}
 	return b, nil
+}
+
+// LockedUntil returns the latest retention date among keys that are still locked at now
+// (zero if none is), so a caller can leave a group of objects alone before deleting any
+// of them: a manifest deleted while its locked snapshot stays would hide a good backup.
+// Missing keys are skipped.
+func LockedUntil(ctx context.Context, s Store, now time.Time, keys ...string) (time.Time, error) {
+	var until time.Time
+	for _, key := range keys {
+		info, err := s.Stat(ctx, key)
+		if errors.Is(err, ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return until, err
+		}
+		if info.Locked(now) && info.RetainUntil.After(until) {
+			until = info.RetainUntil
+		}
+	}
+	return until, nil
 }

@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/etcdguard/etcdguard/alerting"
 	"github.com/etcdguard/etcdguard/internal/daemon"
+	"github.com/etcdguard/etcdguard/store"
 )
 
 func newDaemonCommand(g *globalOptions) *cobra.Command {
@@ -16,6 +19,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	save := &saveOptions{}
 	hooks := &alertFlags{}
 	var deltaMax string
+	var prune bool
 	cmd := &cobra.Command{
 		Use:   "daemon --schedule CRON --cluster NAME --store URL [--listen :9479]",
 		Short: "Take scheduled snapshots (one elected member uploads), verify, prune, watch their age, serve /metrics",
@@ -27,6 +31,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 				return fmt.Errorf("invalid --delta-max-bytes: %w", err)
 			}
 			cfg.DeltaMaxBytes = int(n)
+			cfg.NoPrune = !prune
 			return runDaemon(cmd.Context(), g, cfg, save)
 		},
 	}
@@ -49,6 +54,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	f.StringVar(&deltaMax, "delta-max-bytes", "16MiB", "store a delta segment sooner once this much is buffered")
 	addSaveFlags(cmd, save)
 	addRetentionFlags(cmd, &cfg.Retention)
+	f.BoolVar(&prune, "prune", true, "apply the retention policy after each snapshot and abort stale uploads; false lets the daemon run without delete rights (see deploy/security.md) while `etcdguard snapshot prune` runs elsewhere")
 	return cmd
 }
 
@@ -61,11 +67,26 @@ func runDaemon(ctx context.Context, g *globalOptions, cfg daemon.Config, save *s
 	}
 	g.limitMemory()
 	st, err := g.openStore(ctx)
-	if err != nil {
+	if errors.Is(err, store.ErrInvalid) {
 		return err
+	}
+	if cfg.Verify && g.recipients != nil && g.identities == nil {
+		return errors.New("--verify reads every snapshot back, and they are encrypted (--encrypt-recipient): it needs --identity-file, which puts the private key on every master; better verify elsewhere with `etcdguard snapshot verify --identity-file` and drop --verify here")
+	}
+	if err != nil {
+		slog.Error("cannot open the store; the daemon runs anyway and retries at each use: /metrics says etcdguard_store_up 0 and EtcdguardStoreUnreachable fires after 10m",
+			"store", store.Redact(g.storeURL), "err", err)
+		st = g.wrapStore(store.Lazy(store.Redact(g.storeURL), g.openBackend))
 	}
 	cfg.Store, cfg.Etcd = st, g.etcd
 	cfg.Save.Compression, cfg.Save.Level, cfg.Save.StaleUploadAge = save.compression, save.level, save.staleUploadAge
+	cfg.Save.StallTimeout = g.etcd.CommandTimeout
+	if cfg.NoPrune {
+		// Aborting needs s3:AbortMultipartUpload, which a role without delete rights lacks;
+		// the pruner's run and the bucket's lifecycle rule (deploy/s3-lifecycle.json) do it.
+		cfg.Save.StaleUploadAge = 0
+		slog.Info("retention is off (--prune=false): run `etcdguard snapshot prune` with a role that may delete, e.g. from a CronJob or systemd timer")
+	}
 	if cfg.Cluster, err = g.clusterName(ctx); err != nil {
 		return err
 	}

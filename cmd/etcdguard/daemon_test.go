@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/etcdguard/etcdguard/internal/loadgen"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
@@ -186,5 +189,84 @@ func TestE2EDaemonSIGTERMDuringUpload(t *testing.T) {
 		if info, err := st.Stat(context.Background(), m.Object); err != nil || info.Size != m.StoredSize {
 			t.Fatalf("listed snapshot %s is not whole: %v %v", m.ID, info, err)
 		}
+	}
+}
+
+// A daemon started before its bucket exists runs anyway: it serves /metrics with
+// etcdguard_store_up 0 (so EtcdguardStoreUnreachable can fire) and starts backing up
+// once the bucket is there, without a restart. Settings no retry can fix still stop it.
+func TestE2EDaemonStartsBeforeItsStore(t *testing.T) {
+	srv := testharness.StartFakeS3(t)
+	e := testharness.StartEtcd(t)
+	later := *srv
+	later.Bucket = "created-later"
+	addr := fmt.Sprintf("127.0.0.1:%d", testharness.FreePorts(t, 1)[0])
+	args := []string{"daemon", "--cluster", "prod", "--store", later.URL(""), "--endpoints", e.Endpoints[0],
+		"--schedule", "@every 1s", "--election-ttl", "2s", "--listen", addr, "--check-interval", "500ms", "--store-timeout", "5s"}
+	env := append(srv.Env(), "PATH="+os.Getenv("PATH"), "HOME="+t.TempDir())
+
+	t.Run("invalid settings exit", func(t *testing.T) {
+		r := run(t, env, append(args, "--s3-sse", "bogus")...)
+		if r.code == 0 || !strings.Contains(r.stderr, `unknown --s3-sse "bogus"`) {
+			t.Fatalf("exit %d, stderr %q: want a non-zero exit naming --s3-sse", r.code, r.stderr)
+		}
+	})
+
+	cmd := exec.Command(etcdguardBin, args...)
+	cmd.Env = env
+	logPath := filepath.Join(t.TempDir(), "daemon.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	log := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var exitErr error
+	go func() { exitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", log())
+		}
+	})
+	waitMetric := func(name string, want float64) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for metric(addr, name) != want {
+			select {
+			case <-exited:
+				t.Fatalf("the daemon exited (%v) instead of waiting for its store", exitErr)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s is %v after 20s, want %v", name, metric(addr, name), want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitMetric("etcdguard_store_up", 0)
+	waitMetric("etcdguard_is_leader", 1)
+	time.Sleep(2 * time.Second) // scheduled runs fail while the bucket is missing
+	if n := metric(addr, "etcdguard_snapshot_failures_in_a_row"); n < 1 {
+		t.Errorf("etcdguard_snapshot_failures_in_a_row is %v with no bucket, want runs counted as failed", n)
+	}
+	if l := log(); !strings.Contains(l, "cannot open the store") || !strings.Contains(l, "created-later") {
+		t.Errorf("the log does not say which store cannot be opened")
+	}
+
+	if _, err := srv.Client(t).CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(later.Bucket)}); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric("etcdguard_store_up", 1)
+	waitMetric("etcdguard_snapshot_failures_in_a_row", 0)
+	ms, err := snapshot.List(context.Background(), s3store.NewFromClient(srv.Client(t), later.Bucket, "", srv.Options()), "prod")
+	if err != nil || len(ms) == 0 {
+		t.Fatalf("no snapshot in the bucket once it exists: %d, %v", len(ms), err)
 	}
 }

@@ -91,7 +91,7 @@ func runDel(ctx context.Context, g *globalOptions, o *delOptions, args []string)
 	if o.dryRun {
 		p, err := guard.MakePlan(ctx, cli, st, *r, guard.PlanOptions{Cluster: cluster, MaxKeys: o.maxKeys, TTL: o.planTTL, EtcdUser: etcdUser})
 		if err != nil {
-			return err
+			return g.etcd.Denied(err, "reading "+r.String(), "planning needs a role with read permission on the range")
 		}
 		if g.output == "json" {
 			return printJSON(g.stdout, p)
@@ -110,7 +110,7 @@ func runDel(ctx context.Context, g *globalOptions, o *delOptions, args []string)
 	}
 	ex, err := guard.Confirm(ctx, cli, st, o.confirm, guard.ConfirmOptions{Cluster: cluster, AcceptWarnings: o.acceptWarnings, Range: r, EtcdUser: etcdUser})
 	if err != nil {
-		return err
+		return g.etcd.Denied(err, "the delete of "+p.Range.String(), "a confirm needs a role with readwrite permission on the range")
 	}
 	if g.output == "json" {
 		return printJSON(g.stdout, ex)
@@ -213,8 +213,7 @@ func (g *globalOptions) guardSession(ctx context.Context) (store.Store, *clientv
 		cli.Close()
 		return nil, nil, "", "", err
 	}
-	etcdUser, _, _ := strings.Cut(g.etcd.User, ":")
-	return st, cli, cluster, etcdUser, nil
+	return st, cli, cluster, g.etcd.UserName(), nil
 }
 
 // clusterName is --cluster, or etcd's cluster ID in hex asked of etcd, for commands that
@@ -236,7 +235,8 @@ func (g *globalOptions) etcdCluster(ctx context.Context, cli *clientv3.Client) (
 	if g.cluster != "" {
 		return g.cluster, nil
 	}
-	resp, err := cli.Get(ctx, "\x00", clientv3.WithCountOnly())
+	// Status, unlike a read, needs no permission beyond being authenticated.
+	resp, err := cli.Status(ctx, cli.Endpoints()[0])
 	if err != nil {
 		return "", fmt.Errorf("reading etcd's cluster id: %w", err)
 	}

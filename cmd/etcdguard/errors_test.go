@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,6 +51,9 @@ func TestCLIErrors(t *testing.T) {
 		{name: "no store", args: []string{"snapshot", "list"}, want: []string{"no store given", "--store"}},
 		{name: "missing bucket", env: fake.Env(), args: []string{"snapshot", "list", "--store", "s3://no-such-bucket"},
 			want: []string{"no-such-bucket", "does not exist", "create it"}},
+		{name: "credentials file missing", env: append(fake.Env()[2:], "AWS_SHARED_CREDENTIALS_FILE=/nonexistent/credentials"),
+			args: []string{"snapshot", "list", "--store", fake.URL("")},
+			want: []string{"no AWS credentials", "AWS_SHARED_CREDENTIALS_FILE=/nonexistent/credentials does not exist"}},
 		{name: "unknown snapshot id", args: []string{"snapshot", "verify", "20200101T000000Z-000000", "--store", fileStore},
 			want: []string{"not found in cluster c1", "nearest:", "etcdguard snapshot list"}},
 		{name: "unknown flag, etcdctl habit", args: []string{"snapshot", "save", "-r"},
@@ -165,5 +170,48 @@ func TestTLS(t *testing.T) {
 				t.Fatalf("exit %d, error %q; want it to mention %q", r.code, line, tc.want)
 			}
 		})
+	}
+}
+
+// One member down, listed first, never stops a command while another answers; only when
+// none does is it "etcd unreachable" (exit 12).
+func TestFirstEndpointDown(t *testing.T) {
+	e := testharness.StartEtcd(t)
+	dead := fmt.Sprintf("127.0.0.1:%d", testharness.FreePorts(t, 1)[0])
+	env := []string{"ETCDGUARD_STORE=file://" + t.TempDir(), "ETCDGUARD_CLUSTER=c1"}
+	if r := run(t, env, "del", "/x/", "--prefix", "--dry-run", "--dial-timeout", "1s", "--endpoints", dead+","+e.Endpoints[0]); r.code != 0 {
+		t.Fatalf("del --dry-run with the first endpoint down: exit %d, %s", r.code, r.stderr)
+	}
+	// A hung member accepts connections and never answers: over TLS its handshake times
+	// out, which looks like a TLS problem; the next member must still be tried.
+	pki := testharness.GenerateTLS(t)
+	secure := testharness.StartEtcd(t, testharness.WithClientTLS(pki))
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	go func() {
+		for {
+			c, err := hung.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	if r := run(t, env, "del", "/x/", "--prefix", "--dry-run", "--dial-timeout", "1s", "--cacert", pki.CACert, "--cert", pki.ClientCert, "--key", pki.ClientKey,
+		"--endpoints", "https://"+hung.Addr().String()+","+secure.Endpoints[0]); r.code != 0 {
+		t.Fatalf("del --dry-run with the first endpoint hung: exit %d, %s", r.code, r.stderr)
+	}
+	// Hung alone: unreachable (12), not a certificate problem.
+	r := run(t, env, "del", "/x/", "--prefix", "--dry-run", "--dial-timeout", "1s", "--cacert", pki.CACert, "--cert", pki.ClientCert, "--key", pki.ClientKey,
+		"--endpoints", "https://"+hung.Addr().String())
+	if line := r.errorLine(t); r.code != 12 || !strings.Contains(line, "does not answer") {
+		t.Fatalf("only a hung endpoint: exit %d, %q; want 12 saying it does not answer", r.code, line)
+	}
+	r = run(t, env, "del", "/x/", "--prefix", "--dry-run", "--dial-timeout", "1s", "--endpoints", dead)
+	if line := r.errorLine(t); r.code != 12 || !strings.Contains(line, dead) {
+		t.Fatalf("all endpoints down: exit %d, %q; want 12 naming %s", r.code, line, dead)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/etcdguard/etcdguard/guard"
+	"github.com/etcdguard/etcdguard/internal/etcdclient"
 	"github.com/etcdguard/etcdguard/restore"
 	_ "github.com/etcdguard/etcdguard/store/file"
 	_ "github.com/etcdguard/etcdguard/store/s3"
@@ -23,8 +24,9 @@ import (
 // Exit codes (README): 0 ok, 1 failure, 2 usage error, 3 not found, 10 refused by a guard
 // or an exactness check, 11 store unreachable, 12 etcd unreachable; check keeps Nagios 0–3.
 const (
-	exitNotFound = 3
-	exitRefused  = 10
+	exitNotFound    = 3
+	exitRefused     = 10
+	exitUnreachable = 12
 )
 
 // exitError carries a documented exit code (e.g. a failed verification) out of a command.
@@ -60,6 +62,8 @@ func main() {
 		}
 	case errors.Is(err, guard.ErrRefused) || errors.Is(err, restore.ErrUnreachable):
 		code = exitRefused
+	case errors.Is(err, etcdclient.ErrUnreachable):
+		code = exitUnreachable
 	}
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = errors.New("interrupted; nothing partial was left in the store")

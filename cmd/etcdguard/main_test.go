@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/etcdguard/etcdguard/internal/testharness"
 )
 
 // etcdguardBin is the binary under test, built once from this tree by TestMain, so the
@@ -16,19 +19,58 @@ import (
 var etcdguardBin string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		// Fuzzing (`make fuzz`): the targets run no binary, and every fuzz worker would build one.
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "etcdguard-bin-")
 	if err != nil {
 		panic(err)
 	}
 	etcdguardBin = filepath.Join(dir, "etcdguard")
-	out, err := exec.Command("go", "build", "-o", etcdguardBin, ".").CombinedOutput()
+	build := []string{"build", "-o", etcdguardBin, "."}
+	race := testharness.RaceBinary()
+	if race {
+		// Under -race (or ETCDGUARD_RACE_BIN=1) the binary gets the race detector: most of
+		// etcdguard runs in these subprocesses. Each test sets its subprocesses' environment
+		// itself, so GORACE comes from a wrapper: every race report lands in dir/race,
+		// whatever the test expected of the process's exit code or stderr, and fails the
+		// package below.
+		real := filepath.Join(dir, "race", "etcdguard")
+		build = []string{"build", "-race", "-o", real, "."}
+		wrapper := "#!/bin/sh\nGORACE='log_path=" + filepath.Join(dir, "race", "report") + "' exec " + real + ` "$@"` + "\n"
+		if err := os.WriteFile(etcdguardBin, []byte(wrapper), 0o755); err != nil {
+			panic(err)
+		}
+	}
+	out, err := exec.Command("go", build...).CombinedOutput()
 	if err != nil {
 		os.RemoveAll(dir)
 		panic("building etcdguard: " + err.Error() + "\n" + string(out))
 	}
 	code := m.Run()
+	if race && !raceReports(filepath.Join(dir, "race")) {
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// raceReports prints the race reports the etcdguard subprocesses wrote (GORACE log_path:
+// report.<pid>) and reports whether there were none.
+func raceReports(dir string) bool {
+	files, _ := filepath.Glob(filepath.Join(dir, "report.*"))
+	clean := true
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil || len(bytes.TrimSpace(b)) == 0 {
+			continue
+		}
+		clean = false
+		os.Stderr.WriteString("FAIL: an etcdguard subprocess found a data race (" + f + "):\n" + string(b) + "\n")
+	}
+	return clean
 }
 
 type result struct {

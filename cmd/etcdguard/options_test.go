@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -97,5 +98,96 @@ func TestParseSize(t *testing.T) {
 		if _, err := parseSize(bad); err == nil {
 			t.Errorf("parseSize(%q) accepted", bad)
 		}
+	}
+}
+
+// A config file that holds a secret and that group or others can read gets one warning
+// naming the file, the keys and the fix, never a value.
+func TestConfigFileModeWarning(t *testing.T) {
+	const token = "s3cr3t-t0ken-value"
+	tests := []struct {
+		name    string
+		content string
+		mode    os.FileMode
+		keys    string // "" for no warning
+	}{
+		{"password, world-readable", "password: " + token + "\n", 0o644, "password"},
+		{"password, group-readable", "password: " + token + "\n", 0o640, "password"},
+		{"password, owner only", "password: " + token + "\n", 0o600, ""},
+		{"password, owner read-only", "password: " + token + "\n", 0o400, ""},
+		{"user with password", "user: root:" + token + "\n", 0o644, "user"},
+		{"user name only", "user: root\n", 0o644, ""},
+		{"slack webhook", "alert-slack-webhook: https://hooks.slack.com/services/T0/B0/" + token + "\n", 0o604, "alert-slack-webhook"},
+		{"webhook with a token query", "alert-webhook: [\"https://hooks.example/alert?token=" + token + "\"]\n", 0o644, "alert-webhook"},
+		{"webhook, its path may be its token", "alert-webhook: [https://hooks.example/alert/" + token + "]\n", 0o644, "alert-webhook"},
+		{"S3 endpoint with credentials", "s3-endpoint: https://admin:" + token + "@minio:9000\n", 0o644, "s3-endpoint"},
+		{"S3 endpoint without", "s3-endpoint: https://minio:9000\n", 0o644, ""},
+		{"alertmanager with basic auth", "alert-alertmanager: [http://am:9093, http://user:" + token + "@am2:9093]\n", 0o644, "alert-alertmanager"},
+		{"several", "password: " + token + "\nalert-slack-webhook: https://hooks.slack.com/services/T0/B0/" + token + "\n", 0o644, "password,alert-slack-webhook"},
+		{"no secrets", "store: file:///backups\ncluster: prod\nidentity-file: /etc/etcdguard/age.key\ns3-sse-c-key-file: /etc/etcdguard/sse-c.key\n", 0o644, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, k := range []string{"ETCDCTL_PASSWORD", "ETCDGUARD_PASSWORD", "ETCDCTL_USER", "ETCDGUARD_USER", "ETCDGUARD_CONFIG"} {
+				t.Setenv(k, "")
+				os.Unsetenv(k)
+			}
+			cfg := filepath.Join(t.TempDir(), "etcdguard.yaml")
+			if err := os.WriteFile(cfg, []byte(tc.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(cfg, tc.mode); err != nil { // WriteFile's mode is less the umask
+				t.Fatal(err)
+			}
+			var stderr strings.Builder
+			g := &globalOptions{stdout: io.Discard, stderr: &stderr}
+			root := newRootCommandWith(g)
+			root.SetArgs([]string{"--config", cfg, "--log-format", "json", "version"})
+			root.SetOut(io.Discard)
+			if err := root.Execute(); err != nil {
+				t.Fatal(err)
+			}
+			warnings := grep(stderr.String(), "config file")
+			if strings.Contains(stderr.String(), token) {
+				t.Errorf("the secret is in the output: %s", stderr.String())
+			}
+			if tc.keys == "" {
+				if warnings != "" {
+					t.Errorf("unexpected warning: %s", warnings)
+				}
+				return
+			}
+			if strings.Count(warnings, "\n") != 0 || !strings.Contains(warnings, `"level":"WARN"`) ||
+				!strings.Contains(warnings, "chmod 600 "+cfg) || !strings.Contains(warnings, `"keys":"`+tc.keys+`"`) ||
+				!strings.Contains(warnings, fmt.Sprintf(`"mode":"%#o"`, tc.mode)) {
+				t.Errorf("want one warning naming %s, keys %s, mode %#o and chmod 600; got %q", cfg, tc.keys, tc.mode, stderr.String())
+			}
+		})
+	}
+}
+
+// Private key files others can read get a warning naming the flag and the file.
+func TestKeyFileModeWarning(t *testing.T) {
+	dir := t.TempDir()
+	open, private := filepath.Join(dir, "age.key"), filepath.Join(dir, "sse-c.key")
+	for path, mode := range map[string]os.FileMode{open: 0o644, private: 0o600} {
+		if err := os.WriteFile(path, []byte("AGE-SECRET-KEY-1NOTREAL\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var stderr strings.Builder
+	g := &globalOptions{stdout: io.Discard, stderr: &stderr}
+	root := newRootCommandWith(g)
+	root.SetArgs([]string{"--identity-file", open, "--s3-sse-c-key-file", private, "--log-format", "json", "version"})
+	root.SetOut(io.Discard)
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	got := grep(stderr.String(), "private key")
+	if strings.Count(got, "\n") != 0 || !strings.Contains(got, "--identity-file "+open) || strings.Contains(got, private) || strings.Contains(stderr.String(), "NOTREAL") {
+		t.Fatalf("want one warning for %s alone, without its content; got %q", open, stderr.String())
 	}
 }

@@ -58,15 +58,18 @@ func runSnapshotPrune(ctx context.Context, g *globalOptions, o *pruneOptions) er
 	if g.output == "json" {
 		return printJSON(g.stdout, ds)
 	}
-	verb, deleted := "deleted", 0
+	verb, deleted, locked := "deleted", 0, 0
 	if o.dryRun {
 		verb = "would delete"
 	}
 	rows := [][]string{{"ID", "CREATED", "ACTION", "KEPT BY"}}
 	for _, d := range ds {
 		action := "keep"
-		if !d.Keep {
+		switch {
+		case !d.Keep:
 			action, deleted = verb, deleted+1
+		case d.LockedUntil != "":
+			action, locked = "kept: locked", locked+1
 		}
 		rows = append(rows, []string{d.ID, d.Created, action, strings.Join(d.Reasons, ", ")})
 	}
@@ -74,6 +77,9 @@ func runSnapshotPrune(ctx context.Context, g *globalOptions, o *pruneOptions) er
 		return err
 	}
 	fmt.Fprintf(g.stdout, "%s %d of %d snapshots of cluster %s\n", verb, deleted, len(ds), cluster)
+	if locked > 0 {
+		fmt.Fprintf(g.stdout, "kept %d snapshots the policy would delete: S3 Object Lock keeps them until their retention date; a later prune deletes them\n", locked)
+	}
 	if len(segs) > 0 {
 		fmt.Fprintf(g.stdout, "%s %d delta segments up to revision %d: no kept snapshot reaches them\n", verb, len(segs), segs[len(segs)-1].ToRev)
 	}

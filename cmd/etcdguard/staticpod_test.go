@@ -1,12 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	mathrand "math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,7 +19,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/etcdguard/etcdguard/alerting"
 	"github.com/etcdguard/etcdguard/internal/testharness"
+	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store"
+	s3store "github.com/etcdguard/etcdguard/store/s3"
 )
 
 // TestStaticPodOnKubeadmMaster runs deploy/static-pod.yaml as kubelet would on a kubeadm
@@ -27,7 +32,10 @@ import (
 // as kubeadm lays it out and MinIO reached by IP. The S3 keys come only from the mounted
 // credentials file: the process gets no AWS_* variable but the manifest's. It checks that
 // /metrics answers where Prometheus scrapes the pod (node IP, port "metrics"), that the
-// probes' port serves /healthz and /readyz, and that a snapshot lands in the store.
+// probes' port serves /healthz and /readyz, and that a snapshot lands in the store. The
+// store holds only a snapshot from 10 hours ago at first (the last backup before etcdguard
+// was redeployed), so the pod must page EtcdSnapshotTooOld through a real Alertmanager
+// (reached by IP), then resolve it once its own snapshot is stored.
 func TestStaticPodOnKubeadmMaster(t *testing.T) {
 	pod := readStaticPod(t)
 	c := pod.Spec.Containers[0]
@@ -45,17 +53,13 @@ func TestStaticPodOnKubeadmMaster(t *testing.T) {
 	if !strings.HasPrefix(s3.Endpoint, "http://127.0.0.1:") {
 		t.Fatalf("MinIO at %s: the test needs it at an IP address", s3.Endpoint)
 	}
-	// Alertmanager by IP too. Whatever the daemon pushes there (it reports "no snapshots
-	// at all" until the first one lands) must arrive as an Alertmanager API call.
-	alerts := make(chan string, 16)
-	am := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		select {
-		case alerts <- r.Method + " " + r.URL.Path + " " + string(b):
-		default:
-		}
-	}))
-	t.Cleanup(am.Close)
+	// Alertmanager by IP too. An empty store would page nothing for 75 minutes
+	// (EtcdSnapshotMissing's For); a stale snapshot pages at the first check.
+	am := testharness.StartAlertmanager(t, 5*time.Minute)
+	if !strings.HasPrefix(am.URL, "http://127.0.0.1:") {
+		t.Fatalf("Alertmanager at %s: the test needs it at an IP address", am.URL)
+	}
+	stale := seedStaleSnapshot(t, s3, "etcd", "prod-eu1", 10*time.Hour)
 
 	host := t.TempDir() // the node's /
 	hostPath := strings.NewReplacer("/etc/kubernetes", host+"/etc/kubernetes", "/etc/etcdguard", host+"/etc/etcdguard").Replace
@@ -102,12 +106,12 @@ func TestStaticPodOnKubeadmMaster(t *testing.T) {
 	waitBody(t, base+c.ReadinessProbe.HTTPGet.Path, "ready\n")
 	waitBody(t, base+c.LivenessProbe.HTTPGet.Path, "")
 
-	// A snapshot lands in the store, and /metrics says so.
+	// A snapshot of the pod's own lands in the store, and /metrics says so.
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		r := run(t, s3.Env(), "snapshot", "list", "--store", s3.URL("etcd"), "--cluster", "prod-eu1", "-o", "json")
-		var snaps []json.RawMessage
-		if r.code == 0 && json.Unmarshal([]byte(r.stdout), &snaps) == nil && len(snaps) > 0 {
+		var snaps []snapshot.Manifest
+		if r.code == 0 && json.Unmarshal([]byte(r.stdout), &snaps) == nil && slices.ContainsFunc(snaps, func(m snapshot.Manifest) bool { return m.ID != stale }) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -127,9 +131,64 @@ func TestStaticPodOnKubeadmMaster(t *testing.T) {
 			t.Fatalf("%s/metrics shows no saved snapshot of the leader:\n%.3000s", base, metrics)
 		}
 	}
-	for len(alerts) > 0 {
-		if a := <-alerts; !strings.HasPrefix(a, "POST /api/v2/alerts [{") {
-			t.Errorf("the Alertmanager at %s got %.300s", am.URL, a)
+	checkStaleAlert(t, am, "prod-eu1")
+}
+
+// seedStaleSnapshot stores a snapshot of cluster, age old, under prefix in s3, as etcdguard
+// would have (manifest and object; the object need not restore), and returns its ID.
+func seedStaleSnapshot(t *testing.T, s3 *testharness.S3Server, prefix, cluster string, age time.Duration) string {
+	t.Helper()
+	st := s3store.NewFromClient(s3.Client(t), s3.Bucket, prefix, s3.Options())
+	created := time.Now().Add(-age).UTC()
+	m := snapshot.Manifest{ID: created.Format("20060102T150405Z") + "-5ea1ed", Cluster: cluster, CreatedAt: created, CompletedAt: created}
+	m.Object = cluster + "/snapshots/" + m.ID + ".db"
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, data := range map[string][]byte{m.Object: []byte("an old snapshot"), cluster + "/snapshots/" + m.ID + ".json": b} {
+		if err := store.PutBytes(context.Background(), st, key, data); err != nil {
+			t.Fatalf("seeding %s: %v", key, err)
+		}
+	}
+	return m.ID
+}
+
+// checkStaleAlert asserts that EtcdSnapshotTooOld (critical) of cluster reached
+// Alertmanager with the daemon's labels and the rule's annotations, was resolved once a snapshot landed
+// (the caller waited for one), and that nothing else reached it.
+func checkStaleAlert(t *testing.T, am *testharness.AlertmanagerServer, cluster string) {
+	t.Helper()
+	const name = "EtcdSnapshotTooOld"
+	want := map[string]string{"alertname": name, "cluster": cluster, "severity": "critical", "source": "etcdguard"}
+	// Alertmanager flushes a group within a second or so (group_wait, group_interval).
+	for deadline := time.Now().Add(15 * time.Second); am.Notified(name, "firing") == 0 || am.Notified(name, "resolved") == 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("want %s fired and then resolved by the snapshot; Alertmanager notified %q and lists %+v", name, am.Notifications(), am.Alerts(t))
+		}
+	}
+	got := am.Received(name)
+	if got[0].Status != "firing" {
+		t.Errorf("the first %s notification is %s, want firing: %+v", name, got[0].Status, got)
+	}
+	for _, n := range got {
+		if !maps.Equal(n.Labels, want) || n.Annotations["summary"] != alerting.SnapshotTooOld.Summary ||
+			n.Annotations["runbook_url"] != alerting.SnapshotTooOld.RunbookURL() || !strings.Contains(n.Annotations["description"], "too old") {
+			t.Errorf("%s %s with labels %v and annotations %v; want labels %v and the rule's summary, runbook_url and a description", name, n.Status, n.Labels, n.Annotations, want)
+		}
+	}
+	if n := am.Notified(name, "firing"); n != 1 {
+		t.Errorf("%s notified firing %d times, want once: %q", name, n, am.Notifications())
+	}
+	// Nothing else paged, and nothing is left active.
+	for _, n := range strings.Split(am.Notifications(), ", ") {
+		if n != name+" firing" && n != name+" resolved" {
+			t.Errorf("Alertmanager notified %s too: %q", n, am.Notifications())
+		}
+	}
+	for _, a := range am.Alerts(t) {
+		if a.Status.State == "active" {
+			t.Errorf("Alertmanager still lists an active alert after the snapshot: %+v", a)
 		}
 	}
 }
@@ -160,7 +219,7 @@ func installManifest(t *testing.T) string {
 }
 
 // staticPodConfig is deploy/config.example.yaml with the store, its endpoint and the
-// Alertmanager given as IPs here, no KMS and a schedule a test can wait for. "Every address
+// Alertmanager given as IPs here, no KMS, a schedule and checks a test can wait for. "Every address
 // of the node" (0.0.0.0) becomes the node IP, which is where it is scraped.
 func staticPodConfig(t *testing.T, s3 *testharness.S3Server, am, nodeIP string) string {
 	t.Helper()
@@ -171,6 +230,10 @@ func staticPodConfig(t *testing.T, s3 *testharness.S3Server, am, nodeIP string) 
 	}
 	cfg["listen"] = strings.Replace(cfg["listen"].(string), "0.0.0.0", nodeIP, 1)
 	cfg["s3-endpoint"], cfg["s3-path-style"] = s3.Endpoint, true
+	// A daemon sends the alerts it holds once it checks again after its election (a check
+	// while it campaigns sees its own candidacy as a leader and stays quiet): every second
+	// here, so a stale store pages well before the first scheduled snapshot.
+	cfg["check-interval"] = "1s"
 	return marshalConfig(t, cfg)
 }
 

@@ -65,7 +65,7 @@ func gauge(t *testing.T, d *Daemon, name string) float64 {
 // gauges that deploy/prometheus-rule.yaml's rule for the same alert reads say the same: the
 // daemon and Prometheus have one name, one severity and one condition for each problem.
 func TestAlertsFollowTheCatalog(t *testing.T) {
-	put := func(t *testing.T, st store.Store, age time.Duration) {
+	put := func(t *testing.T, st store.Store, age time.Duration, failed bool) {
 		created := time.Now().Add(-age).UTC()
 		m := snapshot.Manifest{ID: created.Format("20060102T150405Z") + "-abcdef", Cluster: "prod", CreatedAt: created}
 		m.Object = "prod/snapshots/" + m.ID + ".db"
@@ -75,10 +75,18 @@ func TestAlertsFollowTheCatalog(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		if failed {
+			rep := &snapshot.VerifyReport{ID: m.ID, Cluster: "prod", Problems: []string{"sha256 mismatch"}}
+			if err := snapshot.RecordVerification(context.Background(), st, rep); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	for _, tc := range []struct {
 		name     string
 		age      time.Duration // of the one snapshot; 0: none
+		unusable bool          // it failed verification
+		backedUp bool          // the store records a first snapshot (snapshot.EverStored)
 		down     bool          // the store cannot be listed
 		failures int           // failed runs in a row
 		want     []alerting.Rule
@@ -87,6 +95,10 @@ func TestAlertsFollowTheCatalog(t *testing.T) {
 		{name: "fresh", age: time.Hour, gauges: map[string]float64{"etcdguard_store_up": 1, "etcdguard_snapshot_failures_in_a_row": 0}},
 		{name: "no snapshot", want: []alerting.Rule{alerting.SnapshotMissing},
 			gauges: map[string]float64{"etcdguard_store_up": 1, "etcdguard_snapshot_last_success_timestamp_seconds": 0}},
+		{name: "only unusable snapshots", age: time.Hour, unusable: true, want: []alerting.Rule{alerting.SnapshotLost},
+			gauges: map[string]float64{"etcdguard_snapshots_stored": 1, "etcdguard_snapshot_last_success_timestamp_seconds": 0}},
+		{name: "snapshots deleted, daemon restarted", backedUp: true, want: []alerting.Rule{alerting.SnapshotLost},
+			gauges: map[string]float64{"etcdguard_snapshots_ever_stored": 1, "etcdguard_snapshots_stored": 0}},
 		{name: "past warn-age", age: 4 * time.Hour, want: []alerting.Rule{alerting.SnapshotAging}},
 		{name: "past max-age", age: 6 * time.Hour, want: []alerting.Rule{alerting.SnapshotTooOld}},
 		{name: "store down", down: true, want: []alerting.Rule{alerting.StoreUnreachable}, gauges: map[string]float64{"etcdguard_store_up": 0}},
@@ -101,7 +113,12 @@ func TestAlertsFollowTheCatalog(t *testing.T) {
 			}
 			var st store.Store = fs
 			if tc.age > 0 {
-				put(t, fs, tc.age)
+				put(t, fs, tc.age, tc.unusable)
+			}
+			if tc.backedUp { // what snapshot.Save records at a cluster's first snapshot
+				if err := store.PutBytes(context.Background(), fs, "prod/first-snapshot.json", []byte(`{"id":"x"}`)); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if tc.down {
 				st = unreachable{fs}
@@ -127,8 +144,12 @@ func TestAlertsFollowTheCatalog(t *testing.T) {
 			var got []alerting.Rule
 			for _, a := range out.alerts {
 				i := slices.IndexFunc(alerting.Catalog, func(r alerting.Rule) bool { return r.Name == a.Name && r.Severity == a.Severity })
-				if i < 0 || !alerting.Catalog[i].Daemon || a.Cluster != "prod" || a.Summary == "" {
+				if i < 0 || !alerting.Catalog[i].Daemon || a.Cluster != "prod" {
 					t.Fatalf("the daemon sent %+v, which is not a daemon alert of alerting.Catalog", a)
+				}
+				if r := alerting.Catalog[i]; a.Summary != r.Summary || a.RunbookURL != r.RunbookURL() || a.Description == "" {
+					t.Errorf("the daemon sent %s with summary %q, runbook %q and description %q; want the rule's summary and runbook, and a description",
+						a.Name, a.Summary, a.RunbookURL, a.Description)
 				}
 				if !slices.Contains(got, alerting.Catalog[i]) {
 					got = append(got, alerting.Catalog[i])
@@ -263,5 +284,50 @@ func TestCheckOnceConcurrently(t *testing.T) {
 	wg.Wait()
 	if len(d.pendingSince) != 1 { // EtcdSnapshotMissing, pending
 		t.Errorf("pending alerts %v, want EtcdSnapshotMissing alone", d.pendingSince)
+	}
+}
+
+// Snapshots the daemon saw and that are gone page EtcdSnapshotLost at the next check, not
+// EtcdSnapshotMissing 75 minutes later: EtcdSnapshotTooOld stopped the moment they went.
+func TestLostSnapshotsPageAtOnce(t *testing.T) {
+	fs, err := file.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	created := time.Now().Add(-6 * time.Hour).UTC() // too old: EtcdSnapshotTooOld fires
+	m := snapshot.Manifest{ID: created.Format("20060102T150405Z") + "-abcdef", Cluster: "prod", CreatedAt: created, Object: "prod/snapshots/x.db"}
+	b, _ := json.Marshal(m)
+	key := "prod/snapshots/" + m.ID + ".json"
+	for k, data := range map[string][]byte{m.Object: []byte("x"), key: b} {
+		if err := store.PutBytes(ctx, fs, k, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := &sink{}
+	cfg := Config{Cluster: "prod", Store: fs, Policy: alerting.Policy{MaxAge: 5 * time.Hour}, AlertAfter: 3}
+	d := &Daemon{cfg: cfg, m: newMetrics("prod"), alerter: &alerting.Alerter{Notifiers: []alerting.Notifier{out}, Repeat: time.Hour}, log: slog.Default()}
+	d.leader.Store(true)
+	firing := func() (names []string) {
+		for _, a := range out.alerts {
+			if !a.Resolved() {
+				names = append(names, a.Name)
+			}
+		}
+		out.alerts = nil
+		return names
+	}
+	d.checkOnce(ctx)
+	if got := firing(); !slices.Equal(got, []string{"EtcdSnapshotTooOld"}) {
+		t.Fatalf("with a 6h-old snapshot: %v, want EtcdSnapshotTooOld", got)
+	}
+	for _, k := range []string{key, m.Object} {
+		if err := fs.Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.checkOnce(ctx)
+	if got := firing(); !slices.Equal(got, []string{"EtcdSnapshotLost"}) {
+		t.Fatalf("once the snapshot is deleted: %v, want EtcdSnapshotLost at once", got)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/etcdguard/etcdguard/alerting"
 	"github.com/etcdguard/etcdguard/delta"
+	"github.com/etcdguard/etcdguard/internal/crypt"
 	"github.com/etcdguard/etcdguard/internal/etcdclient"
 	"github.com/etcdguard/etcdguard/snapshot"
 	"github.com/etcdguard/etcdguard/store"
@@ -29,13 +30,16 @@ import (
 
 // Config configures the daemon.
 type Config struct {
-	Etcd          etcdclient.Config
-	Store         store.Store
-	Cluster       string // resolved by the caller (deploy/ always sets it)
-	Schedule      string // cron spec: 5 fields, optional seconds, or descriptors like @every 30s
-	Save          snapshot.SaveOptions
-	Verify        bool
-	Retention     snapshot.Retention
+	Etcd      etcdclient.Config
+	Store     store.Store
+	Cluster   string // resolved by the caller (deploy/ always sets it)
+	Schedule  string // cron spec: 5 fields, optional seconds, or descriptors like @every 30s
+	Save      snapshot.SaveOptions
+	Verify    bool
+	Retention snapshot.Retention
+	// NoPrune leaves retention and the clean-up of interrupted uploads to another role
+	// (`etcdguard snapshot prune` with delete rights), so this one needs none.
+	NoPrune       bool
 	Policy        alerting.Policy
 	ElectionTTL   time.Duration
 	CheckInterval time.Duration // freshness evaluation, on every node
@@ -51,11 +55,20 @@ type Config struct {
 }
 
 // ParseSchedule accepts what --schedule documents.
-func ParseSchedule(spec string) (cron.Schedule, error) {
+func ParseSchedule(spec string) (s cron.Schedule, err error) {
+	// robfig/cron panics on some input ("TZ=" with nothing after it, found by
+	// FuzzParseSchedule): a typo in a flag must be an error, never a crash loop.
+	invalid := func(why error) error {
+		return fmt.Errorf("invalid --schedule %q: %w (examples: \"0 */1 * * *\", \"*/30 * * * * *\", \"@every 30s\", \"@hourly\")", spec, why)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, invalid(fmt.Errorf("%v", r))
+		}
+	}()
 	p := cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
-	s, err := p.Parse(spec)
-	if err != nil {
-		return nil, fmt.Errorf("invalid --schedule %q: %w (examples: \"0 */1 * * *\", \"*/30 * * * * *\", \"@every 30s\", \"@hourly\")", spec, err)
+	if s, err = p.Parse(spec); err != nil {
+		return nil, invalid(err)
 	}
 	return s, nil
 }
@@ -89,7 +102,12 @@ type Daemon struct {
 	// term's goroutine, so checkMu serialises it.
 	checkMu      sync.Mutex
 	pendingSince map[string]time.Time
-	deltaLost    atomic.Pointer[deltaEvent] // the last loss of revisions to compaction
+	// lastUsable is the newest usable snapshot this daemon has seen in the store (under
+	// checkMu): with the store's record of a first snapshot (snapshot.EverStored), what
+	// makes an empty store EtcdSnapshotLost at once rather than a new install's
+	// EtcdSnapshotMissing after 75 minutes, even if someone deleted that record too.
+	lastUsable *snapshot.Manifest
+	deltaLost  atomic.Pointer[deltaEvent] // the last loss of revisions to compaction
 }
 
 // New checks the configuration; Run starts the work.
@@ -148,6 +166,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			srv.Shutdown(sctx)
 		}
 	}()
+	if len(d.cfg.Notifiers) == 0 {
+		d.log.Info("no --alert-* receiver: this daemon pages no one itself; apply deploy/prometheus-rule.yaml and a PodMonitor (deploy/monitoring/) so Prometheus does")
+	}
 	wg.Go(func() { d.campaign(ctx) })
 	wg.Go(func() { d.checkLoop(ctx) })
 	wg.Go(func() { d.alerter.Run(ctx) })
@@ -248,6 +269,9 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	d.leader.Store(true)
 	d.m.isLeader.Set(1)
 	d.log.Info("elected: this daemon takes the snapshots", "id", id)
+	// Until now another daemon's election key kept this one quiet (notifies); what it
+	// holds must reach the receivers now, not at the next --check-interval.
+	term.start(func() { d.checkOnce(lctx) })
 	term.start(func() { d.abortStale(lctx) })
 	// Delta capture runs under the term too, so two daemons never capture at once; but a
 	// graceful stop lets it drain (store what it buffered) while the lease still holds,
@@ -293,7 +317,7 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 // abortStale removes what interrupted uploads left behind. Only the leader does, under
 // its fence: it is the one daemon that uploads, so no live upload of a daemon is aborted.
 func (d *Daemon) abortStale(ctx context.Context) {
-	if d.cfg.Save.StaleUploadAge <= 0 {
+	if d.cfg.Save.StaleUploadAge <= 0 || d.cfg.NoPrune {
 		return
 	}
 	if n, err := d.cfg.Store.AbortIncomplete(ctx, d.cfg.Cluster+"/", d.cfg.Save.StaleUploadAge); err != nil {
@@ -332,6 +356,16 @@ func (d *Daemon) scheduleLoop(ctx context.Context) {
 }
 
 var errNoEtcd = errors.New("no healthy etcd endpoint")
+
+// checkTimeout bounds one freshness check's reads of the store.
+const checkTimeout = 5 * time.Minute
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 // save takes one full snapshot from the first healthy endpoint (the local member), in
 // history, or in the history etcd is found to continue if "".
@@ -424,6 +458,10 @@ func (d *Daemon) snapshotRun(ctx context.Context) {
 		d.fail("etcd", err)
 		return
 	}
+	if errors.Is(err, crypt.ErrPolicy) { // not the store's fault: its config's
+		d.fail("encryption", err)
+		return
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			d.log.Info("snapshot cancelled; nothing partial was left", "why", context.Cause(ctx), "err", err)
@@ -452,19 +490,21 @@ func (d *Daemon) snapshotRun(ctx context.Context) {
 			return
 		}
 	}
-	ds, err := snapshot.Prune(ctx, d.cfg.Store, d.cfg.Cluster, d.cfg.Retention, time.Now(), false)
-	if err != nil {
-		d.fail("retention", err)
-		return
-	}
-	for _, dec := range ds {
-		if !dec.Keep {
-			d.m.retentionDelete.Inc()
+	if !d.cfg.NoPrune {
+		ds, err := snapshot.Prune(ctx, d.cfg.Store, d.cfg.Cluster, d.cfg.Retention, time.Now(), false)
+		if err != nil {
+			d.fail("retention", err)
+			return
 		}
-	}
-	if _, err := delta.Prune(ctx, d.cfg.Store, d.cfg.Cluster, ds, false); err != nil {
-		d.fail("retention", err)
-		return
+		for _, dec := range ds {
+			if !dec.Keep {
+				d.m.retentionDelete.Inc()
+			}
+		}
+		if _, err := delta.Prune(ctx, d.cfg.Store, d.cfg.Cluster, ds, false); err != nil {
+			d.fail("retention", err)
+			return
+		}
 	}
 	d.failing.Store(0)
 	d.m.failingInARow.Set(0)
@@ -503,7 +543,7 @@ func (d *Daemon) checkOnce(ctx context.Context) {
 	// An alert fires once its condition has held for the rule's For, as the
 	// PrometheusRule's `for` makes Prometheus wait: a new install has no snapshot until its
 	// first scheduled one, and must not page before the rule would.
-	alert := func(r alerting.Rule, summary string) {
+	alert := func(r alerting.Rule, description string) {
 		key := r.Name + "/" + r.Severity
 		held[key] = true
 		since, ok := d.pendingSince[key]
@@ -512,7 +552,7 @@ func (d *Daemon) checkOnce(ctx context.Context) {
 			d.pendingSince[key] = now
 		}
 		if now.Sub(since) >= r.For {
-			active = append(active, r.Alert(d.cfg.Cluster, summary))
+			active = append(active, r.Alert(d.cfg.Cluster, description))
 		}
 	}
 	if d.pendingSince == nil {
@@ -525,7 +565,18 @@ func (d *Daemon) checkOnce(ctx context.Context) {
 			}
 		}
 	}()
-	list, err := snapshot.List(ctx, d.cfg.Store, d.cfg.Cluster)
+	// A stalled store must not hold checkMu (and every alert with it) for one store
+	// timeout per manifest.
+	lctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	list, err := snapshot.List(lctx, d.cfg.Store, d.cfg.Cluster)
+	var ever bool
+	if err == nil {
+		ever = len(list) > 0 || d.lastUsable != nil
+		if !ever {
+			ever, err = snapshot.EverStored(lctx, d.cfg.Store, d.cfg.Cluster)
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return
@@ -536,8 +587,10 @@ func (d *Daemon) checkOnce(ctx context.Context) {
 	} else {
 		d.m.storeUp.Set(1)
 		d.m.stored.Set(float64(len(list)))
+		d.m.everStored.Set(b2f(ever))
 		newest := snapshot.Newest(list)
 		if newest != nil {
+			d.lastUsable = newest
 			d.m.lastSuccess.Set(float64(newest.CreatedAt.Unix()))
 			d.m.age.Set(time.Since(newest.CreatedAt).Seconds())
 		} else { // none usable (any more): what EtcdSnapshotMissing's rule looks for
@@ -547,6 +600,15 @@ func (d *Daemon) checkOnce(ctx context.Context) {
 		f := alerting.Evaluate(d.cfg.Cluster, list, time.Now(), d.cfg.Policy)
 		switch {
 		case f.Status == alerting.OK:
+		case newest == nil && len(list) > 0:
+			alert(alerting.SnapshotLost, f.Message)
+		case newest == nil && ever:
+			seen := ""
+			if d.lastUsable != nil {
+				seen = " (the newest usable one this daemon saw was " + d.lastUsable.ID + ")"
+			}
+			alert(alerting.SnapshotLost, fmt.Sprintf("the store held snapshots of %s%s and holds none now: take one at once with `etcdguard snapshot save`, then find what deleted them (a lifecycle rule, a prune with other flags, a person: the bucket's versioning and access logs)",
+				d.cfg.Cluster, seen))
 		case newest == nil:
 			alert(alerting.SnapshotMissing, f.Message)
 		case f.Status == alerting.Warning:

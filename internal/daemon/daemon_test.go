@@ -349,8 +349,8 @@ func TestDeltaAlerts(t *testing.T) {
 			var names []string
 			for _, a := range d.deltaAlerts(now) {
 				names = append(names, a.Name)
-				if a.Cluster != "prod" || !strings.Contains(a.Summary, tc.wantInSummary) {
-					t.Errorf("%s: cluster %q, summary %q", a.Name, a.Cluster, a.Summary)
+				if a.Cluster != "prod" || !strings.Contains(a.Description, tc.wantInSummary) {
+					t.Errorf("%s: cluster %q, description %q", a.Name, a.Cluster, a.Description)
 				}
 			}
 			if !slices.Equal(names, tc.want) {

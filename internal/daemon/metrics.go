@@ -31,6 +31,7 @@ type metrics struct {
 	// own conditions (alerting.Catalog) rather than copies of its flags.
 	failingInARow       prometheus.Gauge
 	storeUp             prometheus.Gauge
+	everStored          prometheus.Gauge
 	deltaCaptureFailing prometheus.Gauge
 	maxAge, warnAge     prometheus.Gauge
 	alertAfter          prometheus.Gauge
@@ -62,6 +63,7 @@ func newMetrics(cluster string) *metrics {
 		Help: "Delta capture interruptions: compacted (etcd compacted revisions before they were captured; a full snapshot bridged them), new_history (etcd was restored: a new timeline started with a full snapshot, nothing lost) or failing (watch or store errors, retried).", ConstLabels: l}, []string{"reason"})
 	m.failingInARow = prometheus.NewGauge(f("etcdguard_snapshot_failures_in_a_row", "Snapshot runs by this daemon that failed in a row (0 after a successful one)."))
 	m.storeUp = prometheus.NewGauge(f("etcdguard_store_up", "1 if this daemon's last read of the store succeeded, 0 if it failed."))
+	m.everStored = prometheus.NewGauge(f("etcdguard_snapshots_ever_stored", "1 if the store has held a snapshot of the cluster (it records the first), 0 for a cluster never backed up."))
 	m.deltaCaptureFailing = prometheus.NewGauge(f("etcdguard_delta_capture_failing", "1 while delta capture fails to store changes (it retries), 0 otherwise."))
 	m.maxAge = prometheus.NewGauge(f("etcdguard_config_max_age_seconds", "--max-age: the newest snapshot older than this is critical."))
 	m.warnAge = prometheus.NewGauge(f("etcdguard_config_warn_age_seconds", "--warn-age: the newest snapshot older than this is a warning (0: no warning level)."))
@@ -70,14 +72,14 @@ func newMetrics(cluster string) *metrics {
 		ConstLabels: prometheus.Labels{"cluster": cluster, "version": version.String()}})
 	build.Set(1)
 	m.age.Set(-1)
-	for _, reason := range []string{"etcd", "store", "verify", "retention"} {
+	for _, reason := range []string{"etcd", "store", "verify", "retention", "encryption"} {
 		m.failures.WithLabelValues(reason) // export zeros, so rate() works from the start
 	}
 	for _, reason := range []string{"compacted", "failing"} {
 		m.deltaInterruptions.WithLabelValues(reason)
 	}
 	reg.MustRegister(m.lastSuccess, m.age, hist, size, m.failures, m.stored, m.retentionDelete, m.isLeader, m.deltaRevision, m.deltaLag, m.deltaSegments, m.deltaInterruptions, build,
-		m.failingInARow, m.storeUp, m.deltaCaptureFailing, m.maxAge, m.warnAge, m.alertAfter)
+		m.failingInARow, m.storeUp, m.everStored, m.deltaCaptureFailing, m.maxAge, m.warnAge, m.alertAfter)
 	return m
 }
 

@@ -5,10 +5,14 @@ package etcdclient
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,13 +32,36 @@ type Config struct {
 	Password       string
 	DialTimeout    time.Duration
 	CommandTimeout time.Duration
+	// InsecureSkipTLSVerify accepts any server certificate (etcdctl's
+	// --insecure-skip-tls-verify). Only an explicit flag sets it.
+	InsecureSkipTLSVerify bool
 }
+
+// keepAliveTime is how long a connection may be silent before it is pinged: grpc's minimum.
+const keepAliveTime = 10 * time.Second
+
+// ErrUnreachable means no etcd endpoint answered: refused, timed out, or not etcd. A TLS
+// or credentials problem is not it: etcd answered and refused.
+var ErrUnreachable = errors.New("etcd unreachable")
+
+// unreachable marks err as ErrUnreachable without adding to its message.
+type unreachable struct{ error }
+
+func (u unreachable) Unwrap() []error { return []error{u.error, ErrUnreachable} }
 
 func (c Config) clientConfig(endpoints []string) (clientv3.Config, error) {
 	cc := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: c.DialTimeout,
 		Logger:      zap.NewNop(), // the client's retry warnings would drown our own messages
+	}
+	if c.CommandTimeout > 0 {
+		// A member that stalls (a stopped process, a hung host, a path that drops packets
+		// without a reset) keeps its connection open and answers nothing: without pings, a
+		// request or stream in flight on it would wait forever. A connection whose ping is
+		// not answered within --command-timeout is closed, failing what was in flight on it
+		// (grpc pings no more often than every 10 s; etcd accepts one every 5 s).
+		cc.DialKeepAliveTime, cc.DialKeepAliveTimeout = keepAliveTime, c.CommandTimeout
 	}
 	if c.User != "" {
 		name, pass, hasPass := strings.Cut(c.User, ":")
@@ -47,14 +74,14 @@ func (c Config) clientConfig(endpoints []string) (clientv3.Config, error) {
 		if (c.Cert == "") != (c.Key == "") {
 			return cc, errors.New("--cert and --key must be given together")
 		}
-		tlsInfo := transport.TLSInfo{TrustedCAFile: c.CACert, CertFile: c.Cert, KeyFile: c.Key}
+		tlsInfo := transport.TLSInfo{TrustedCAFile: c.CACert, CertFile: c.Cert, KeyFile: c.Key, InsecureSkipVerify: c.InsecureSkipTLSVerify}
 		tc, err := tlsInfo.ClientConfig()
 		if err != nil {
 			return cc, fmt.Errorf("loading TLS files (--cacert %q, --cert %q, --key %q): %w", c.CACert, c.Cert, c.Key, err)
 		}
 		cc.TLS = tc
-	} else if hasHTTPS(endpoints) {
-		cc.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+	} else if hasHTTPS(endpoints) || c.InsecureSkipTLSVerify {
+		cc.TLS = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipTLSVerify}
 	}
 	return cc, nil
 }
@@ -69,13 +96,39 @@ func hasHTTPS(endpoints []string) bool {
 }
 
 // New connects to all endpoints (for commands that may use any member) and checks, within
-// the dial timeout, that etcd answers.
+// the dial timeout, that etcd answers: the first endpoint that does will do, so one member
+// down or hung (the first listed, say) never stops a command while a quorum is up. A hung
+// member can look like a TLS failure (its handshake times out), so every endpoint is tried
+// whatever the error. Only when none answers at all is the error ErrUnreachable; otherwise
+// the first refusal (TLS, credentials) is returned, which says what to fix.
 func New(ctx context.Context, c Config) (*clientv3.Client, error) {
 	if len(c.Endpoints) == 0 {
 		return nil, errors.New("no etcd endpoints: set --endpoints (or ETCDCTL_ENDPOINTS)")
 	}
-	cli, _, err := connect(ctx, c, c.Endpoints)
-	return cli, err
+	var errs []error
+	for i := range c.Endpoints {
+		// This endpoint first: connect asks the first for its status.
+		order := append(slices.Clone(c.Endpoints[i:]), c.Endpoints[:i]...)
+		cli, _, err := connect(ctx, c, order)
+		if err == nil {
+			return cli, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	if i := slices.IndexFunc(errs, func(err error) bool { return !errors.Is(err, ErrUnreachable) }); i >= 0 {
+		return nil, errs[i]
+	}
+	var problems []string
+	for _, err := range errs {
+		problems = append(problems, err.Error())
+	}
+	return nil, unreachable{fmt.Errorf("no etcd endpoint answered: %s", strings.Join(problems, "; "))}
 }
 
 // FirstHealthy returns a client bound to the first endpoint, in the order given, that
@@ -86,6 +139,7 @@ func FirstHealthy(ctx context.Context, c Config) (*clientv3.Client, string, *cli
 		return nil, "", nil, errors.New("no etcd endpoints: set --endpoints (or ETCDCTL_ENDPOINTS)")
 	}
 	var problems []string
+	allUnreachable := true
 	for _, ep := range c.Endpoints {
 		cli, st, err := connect(ctx, c, []string{ep})
 		if err == nil {
@@ -98,8 +152,13 @@ func FirstHealthy(ctx context.Context, c Config) (*clientv3.Client, string, *cli
 			return nil, "", nil, ctx.Err()
 		}
 		problems = append(problems, err.Error())
+		allUnreachable = allUnreachable && errors.Is(err, ErrUnreachable)
 	}
-	return nil, "", nil, fmt.Errorf("no healthy etcd endpoint: %s", strings.Join(problems, "; "))
+	err := fmt.Errorf("no healthy etcd endpoint: %s", strings.Join(problems, "; "))
+	if allUnreachable {
+		return nil, "", nil, unreachable{err}
+	}
+	return nil, "", nil, err
 }
 
 // SnapshotSource refuses a member whose data may be behind the cluster's: one without a
@@ -146,16 +205,35 @@ func describe(ep string, cc clientv3.Config, timeout time.Duration, err error) e
 	case errors.Is(err, rpctypes.ErrUserEmpty) || strings.Contains(msg, "user name is empty"):
 		return fmt.Errorf("etcd %s requires authentication: set --user and --password (or ETCDCTL_USER/ETCDCTL_PASSWORD): %w", ep, err)
 	case strings.Contains(msg, "certificate") || strings.Contains(msg, "tls:") || strings.Contains(msg, "x509"):
-		return fmt.Errorf("etcd %s: TLS handshake failed: check --cacert, --cert and --key: %w", ep, err)
+		return fmt.Errorf("etcd %s: TLS handshake failed: %s: %w", ep, tlsHint(msg), err)
 	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "context deadline exceeded"):
-		return fmt.Errorf("etcd %s unreachable within %s: %s", ep, timeout, probe(ep, cc.TLS, timeout))
+		why, reached := probe(ep, cc.TLS, timeout)
+		if !reached {
+			return unreachable{fmt.Errorf("etcd %s unreachable within %s: %s", ep, timeout, why)}
+		}
+		return fmt.Errorf("etcd %s: %s", ep, why)
 	}
 	return fmt.Errorf("etcd %s: %w", ep, err)
 }
 
+// tlsHint says which flag fixes a TLS failure. A server certificate of an unknown CA is
+// what a missing --cacert gives; skipping verification is named, never assumed.
+func tlsHint(msg string) string {
+	switch {
+	case strings.Contains(msg, "remote error: tls: unknown certificate authority") || strings.Contains(msg, "remote error: tls: bad certificate"):
+		return "etcd does not accept the client certificate: give --cert and --key signed by the CA etcd trusts (its --trusted-ca-file; kubeadm: " +
+			"/etc/kubernetes/pki/etcd/healthcheck-client.crt and .key)"
+	case strings.Contains(msg, "unknown authority"):
+		return "etcd's certificate is not signed by the CA in --cacert (without --cacert: by a system CA): give the CA that signed it with --cacert " +
+			"(kubeadm: /etc/kubernetes/pki/etcd/ca.crt), or skip verification with --insecure-skip-tls-verify (anyone in the path can then read and change what etcdguard reads and writes)"
+	}
+	return "check --cacert, --cert and --key"
+}
+
 // probe says why an endpoint does not answer (connection refused, a TLS problem, ...),
-// which grpc's deadline error hides.
-func probe(ep string, tlsCfg *tls.Config, timeout time.Duration) string {
+// which grpc's deadline error hides. reached reports whether something answered the TLS
+// handshake (it refused us, so etcd is there); otherwise the endpoint is unreachable.
+func probe(ep string, tlsCfg *tls.Config, timeout time.Duration) (why string, reached bool) {
 	host := ep
 	if u, err := url.Parse(ep); err == nil && u.Host != "" {
 		host = u.Host
@@ -166,11 +244,11 @@ func probe(ep string, tlsCfg *tls.Config, timeout time.Duration) string {
 		if errors.As(err, &op) {
 			err = op.Err
 		}
-		return err.Error() + ": check --endpoints and that etcd is running"
+		return err.Error() + ": check --endpoints and that etcd is running", false
 	}
 	defer conn.Close()
 	if tlsCfg == nil {
-		return "it accepts connections but does not answer etcd requests; if it serves TLS, use https:// endpoints with --cacert, --cert and --key"
+		return "it accepts connections but does not answer etcd requests; if it serves TLS, use https:// endpoints with --cacert, --cert and --key", false
 	}
 	cfg := tlsCfg.Clone()
 	if cfg.ServerName == "" {
@@ -179,6 +257,11 @@ func probe(ep string, tlsCfg *tls.Config, timeout time.Duration) string {
 	tc := tls.Client(conn, cfg)
 	tc.SetDeadline(time.Now().Add(timeout))
 	err = tc.Handshake()
+	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+		// Accepted and never answered: a hung member (or not a server at all), not a
+		// certificate problem.
+		return "it accepts connections but does not answer (hung, or overloaded): check that etcd is running and healthy there", false
+	}
 	if err == nil {
 		// With TLS 1.3 the server refuses a missing client certificate after the
 		// handshake, so read briefly to receive that alert.
@@ -190,7 +273,68 @@ func probe(ep string, tlsCfg *tls.Config, timeout time.Duration) string {
 		}
 	}
 	if err != nil {
-		return "TLS handshake failed (" + err.Error() + "): check --cacert, --cert and --key"
+		return "TLS handshake failed (" + err.Error() + "): " + tlsHint(err.Error()), true
 	}
-	return "TLS works but it does not answer etcd requests: check that it is an etcd client URL"
+	return "TLS works but it does not answer etcd requests: check that it is an etcd client URL", false
+}
+
+// UserName is the etcd user c acts as: --user's name, else, with a client certificate and
+// no password, the certificate's CN (etcd's user under --client-cert-auth), else "".
+func (c Config) UserName() string {
+	name, how := c.identity()
+	if how == "" {
+		return ""
+	}
+	return name
+}
+
+// identity is UserName and how etcd learns it, for messages.
+func (c Config) identity() (name, how string) {
+	if c.User != "" {
+		name, _, _ := strings.Cut(c.User, ":")
+		return name, "--user"
+	}
+	if c.Cert == "" {
+		return "", ""
+	}
+	b, err := os.ReadFile(c.Cert)
+	if err != nil {
+		return "", ""
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", ""
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", ""
+	}
+	return cert.Subject.CommonName, "the CN of --cert"
+}
+
+// PermissionDenied reports whether etcd refused a request for lack of permission. A
+// snapshot stream's error arrives as a bare grpc status, so the message is compared too.
+func PermissionDenied(err error) bool {
+	return err != nil && (errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCPermissionDenied) ||
+		strings.Contains(err.Error(), rpctypes.ErrPermissionDenied.Error()))
+}
+
+// Denied explains a permission error of etcd's: whom etcd refused what, and the grant it
+// takes (need). A client certificate whose CN is no etcd user gets past the TLS handshake
+// and fails at the first request that checks permissions, so that is said too. Other
+// errors pass unchanged.
+func (c Config) Denied(err error, what, need string) error {
+	name, how := c.identity()
+	who := "the client (no --user, no client certificate)"
+	if how != "" {
+		who = fmt.Sprintf("etcd user %q (%s)", name, how)
+	}
+	switch {
+	case PermissionDenied(err):
+		return fmt.Errorf("etcd refused %s: %s lacks the permission: %s: %w", what, who, need, err)
+	case err != nil && (errors.Is(err, rpctypes.ErrUserNotFound) || strings.Contains(err.Error(), rpctypes.ErrUserNotFound.Error())):
+		return fmt.Errorf("etcd refused %s: %s does not exist in etcd: add it (etcdctl user add %s --no-password) and grant it a role, or give --user: %w",
+			what, who, name, err)
+	}
+	return err
 }

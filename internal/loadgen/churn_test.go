@@ -28,7 +28,11 @@ func TestChurn(t *testing.T) {
 	}
 	t.Logf("%+v", st)
 	target := int64(o.Rate * o.Duration.Seconds())
-	if st.Writes < target/2 || st.Writes > target+int64(o.Rate/10) {
+	least := target / 2
+	if testharness.Race {
+		least = target / 10 // an embedded etcd under the race detector does not keep up with the rate
+	}
+	if st.Writes < least || st.Writes > target+int64(o.Rate/10) {
 		t.Errorf("%d writes, want about %d", st.Writes, target)
 	}
 	if st.Errors != 0 {

@@ -25,7 +25,17 @@ type AlertmanagerServer struct {
 	URL string // http://127.0.0.1:PORT
 
 	mu    sync.Mutex
-	notes []string // "alertname status", one per alert per notification
+	notes []AlertmanagerNotification // one per alert per notification
+}
+
+// AlertmanagerNotification is one alert of a webhook notification, as Alertmanager
+// routed it: what reached Alertmanager, whatever it has resolved or expired since.
+type AlertmanagerNotification struct {
+	Status      string            `json:"status"` // firing or resolved
+	Labels      map[string]string `json:"labels"`
+	Annotations map[string]string `json:"annotations"`
+	StartsAt    time.Time         `json:"startsAt"`
+	EndsAt      time.Time         `json:"endsAt"`
 }
 
 // AlertmanagerAlert is what GET /api/v2/alerts says of one alert.
@@ -92,10 +102,7 @@ receivers:
 // receive records a webhook notification.
 func (am *AlertmanagerServer) receive(w http.ResponseWriter, r *http.Request) {
 	var n struct {
-		Alerts []struct {
-			Status string            `json:"status"`
-			Labels map[string]string `json:"labels"`
-		} `json:"alerts"`
+		Alerts []AlertmanagerNotification `json:"alerts"`
 	}
 	if err := json.NewDecoder(r.Body).Decode(&n); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -103,9 +110,7 @@ func (am *AlertmanagerServer) receive(w http.ResponseWriter, r *http.Request) {
 	}
 	am.mu.Lock()
 	defer am.mu.Unlock()
-	for _, a := range n.Alerts {
-		am.notes = append(am.notes, a.Labels["alertname"]+" "+a.Status)
-	}
+	am.notes = append(am.notes, n.Alerts...)
 }
 
 // Notified counts the webhook notifications of alertname with status (firing or resolved).
@@ -113,19 +118,36 @@ func (am *AlertmanagerServer) Notified(alertname, status string) int {
 	am.mu.Lock()
 	defer am.mu.Unlock()
 	n := 0
-	for _, s := range am.notes {
-		if s == alertname+" "+status {
+	for _, a := range am.notes {
+		if a.Labels["alertname"] == alertname && a.Status == status {
 			n++
 		}
 	}
 	return n
 }
 
-// Notifications lists every notification so far, for failure messages.
+// Received returns the webhook notifications of alertname so far, oldest first.
+func (am *AlertmanagerServer) Received(alertname string) []AlertmanagerNotification {
+	am.mu.Lock()
+	defer am.mu.Unlock()
+	var out []AlertmanagerNotification
+	for _, a := range am.notes {
+		if a.Labels["alertname"] == alertname {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Notifications lists every notification so far ("alertname status"), for failure messages.
 func (am *AlertmanagerServer) Notifications() string {
 	am.mu.Lock()
 	defer am.mu.Unlock()
-	return strings.Join(am.notes, ", ")
+	var s []string
+	for _, a := range am.notes {
+		s = append(s, a.Labels["alertname"]+" "+a.Status)
+	}
+	return strings.Join(s, ", ")
 }
 
 // Alert returns the alert named alertname GET /api/v2/alerts lists now, or nil; it fails

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // RepoRoot returns the directory holding go.mod, found by walking up from
@@ -38,4 +39,24 @@ func Bin(t testing.TB, name string) string {
 		t.Fatalf("bin/%s not found: run `make tools` (scripts/tools.sh) first", name)
 	}
 	return p
+}
+
+// RaceBinary reports whether the etcdguard binary the tests run is built with the race
+// detector: under go test -race, or with ETCDGUARD_RACE_BIN=1, which races the binary
+// without slowing down the test process and the etcd it embeds (see the Makefile).
+func RaceBinary() bool { return Race || os.Getenv("ETCDGUARD_RACE_BIN") == "1" }
+
+// raceSlowdown is how much longer than its plain budget a wall-clock budget gets under the
+// race detector: Go code there runs 2 to 20 times slower, and CPU-bound code (bcrypt in an
+// embedded etcd's authentication, zstd) at the slow end.
+const raceSlowdown = 5
+
+// Budget is d, or d × raceSlowdown when anything the tests run is under the race detector:
+// for a test's wall-clock budget (a --dial-timeout, how long to wait for a log line) that
+// holds on a busy machine, but not under -race.
+func Budget(d time.Duration) time.Duration {
+	if RaceBinary() {
+		return raceSlowdown * d
+	}
+	return d
 }

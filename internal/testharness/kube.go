@@ -28,6 +28,12 @@ type KubeadmPKI struct {
 	APIServerCert, APIServerKey string
 }
 
+// The CNs of kubeadm's etcd client certificates.
+const (
+	KubeadmHealthcheckCN = "kube-etcd-healthcheck-client"
+	KubeadmAPIServerCN   = "kube-apiserver-etcd-client"
+)
+
 // GenerateKubeadmPKI writes a fresh etcd CA and certificates in kubeadm's layout, the
 // server certificates valid for 127.0.0.1 and ips.
 func GenerateKubeadmPKI(t testing.TB, ips ...string) *KubeadmPKI {
@@ -47,8 +53,11 @@ func GenerateKubeadmPKI(t testing.TB, ips ...string) *KubeadmPKI {
 	p := &KubeadmPKI{Dir: dir}
 	p.CACert = link(f.CACert, "etcd/ca.crt")
 	p.ServerCert, p.ServerKey = link(f.ServerCert, "etcd/server.crt"), link(f.ServerKey, "etcd/server.key")
-	p.ClientCert, p.ClientKey = link(f.ClientCert, "etcd/healthcheck-client.crt"), link(f.ClientKey, "etcd/healthcheck-client.key")
-	p.APIServerCert, p.APIServerKey = link(f.ClientCert, "apiserver-etcd-client.crt"), link(f.ClientKey, "apiserver-etcd-client.key")
+	p.CAKey = link(f.CAKey, "etcd/ca.key")
+	// The client certificates carry kubeadm's CNs: with etcd auth enabled, the CN is the
+	// etcd user a certificate acts as.
+	p.ClientCert, p.ClientKey = f.IssueClientCert(t, filepath.Join(dir, "etcd"), "healthcheck-client", KubeadmHealthcheckCN)
+	p.APIServerCert, p.APIServerKey = f.IssueClientCert(t, dir, "apiserver-etcd-client", KubeadmAPIServerCN)
 	link(f.ServerCert, "etcd/peer.crt")
 	link(f.ServerKey, "etcd/peer.key")
 	link(f.CACert, "ca.crt")

@@ -2,10 +2,13 @@ package testharness
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -39,13 +42,36 @@ type KubeletOptions struct {
 // changes with its grace period, creates DirectoryOrCreate hostPath dirs and refuses
 // Directory and File ones that are not one). CrictlDir
 // holds crictl and systemctl stand-ins that read and steer it, for a PATH.
+//
+// A container's securityContext (the pod's for what the container leaves unset), as far
+// as a process without namespaces can have it:
+//   - runAsUser and runAsGroup are the process's uid and gid (no supplementary groups),
+//     as root does; a test that is not root cannot switch, and a pod asking for another
+//     uid than the test's fails to start rather than run as the wrong user. Unset, the
+//     process runs as the test does (the stand-in cannot read the image's USER).
+//     runAsNonRoot refuses a uid 0 the way kubelet does.
+//   - readOnlyRootFilesystem: TMPDIR (unless a volume is mounted at /tmp: then that
+//     volume, as in the container) and HOME (unless the manifest sets it) lie under a
+//     regular file, so creating anything there fails even as root; the working directory
+//     (the container's /) is a dir of its own, and a container that leaves anything in it
+//     fails the test. Writes to absolute paths outside the mounts reach this machine's
+//     own files and are not caught.
+//   - allowPrivilegeEscalation: false sets no_new_privs on the process (prctl on a locked
+//     thread that forks it: SysProcAttr has no field for it).
+//   - capabilities: every name is checked (an unknown one fails the start, as containerd
+//     does), and adding SYS_ADMIN with allowPrivilegeEscalation: false is refused, as the
+//     API server does; they are not applied: a root process keeps all of them.
+//   - privileged, seccompProfile, SELinux and AppArmor options, procMount and
+//     sysctls are not simulated.
 type Kubelet struct {
 	opts      KubeletOptions
 	dir       string
 	CrictlDir string
 
-	mu     sync.Mutex
-	pods   map[string]*staticPod // by manifest file name
+	mu   sync.Mutex
+	pods map[string]*staticPod // by manifest file name
+	// wrote lists what containers with a read-only root left in their root, for the test.
+	wrote  []string
 	nextID int
 	quit   chan struct{}
 	done   chan struct{}
@@ -72,7 +98,17 @@ type container struct {
 // StartKubelet starts the stand-in; it stops every container when the test ends.
 func StartKubelet(t testing.TB, opts KubeletOptions) *Kubelet {
 	t.Helper()
-	k := &Kubelet{opts: opts, dir: t.TempDir(), pods: map[string]*staticPod{}, quit: make(chan struct{}), done: make(chan struct{})}
+	// Not t.TempDir (mode 0700): a container may run as another uid, and must reach its
+	// volumes, its root and the programs of its command as that uid.
+	dir, err := os.MkdirTemp("", "kubelet-"+opts.Node+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	k := &Kubelet{opts: opts, dir: dir, pods: map[string]*staticPod{}, quit: make(chan struct{}), done: make(chan struct{})}
 	k.CrictlDir = filepath.Join(k.dir, "bin")
 	if err := os.MkdirAll(filepath.Join(k.dir, "logs"), 0o755); err != nil {
 		t.Fatal(err)
@@ -90,6 +126,11 @@ func StartKubelet(t testing.TB, opts KubeletOptions) *Kubelet {
 	t.Cleanup(func() {
 		close(k.quit)
 		<-k.done
+		k.mu.Lock()
+		for _, w := range k.wrote {
+			t.Errorf("kubelet %s: %s", opts.Node, w)
+		}
+		k.mu.Unlock()
 		if t.Failed() {
 			t.Logf("%s: containers run:\n%s", opts.Node, k.Logs())
 		}
@@ -199,7 +240,7 @@ func (k *Kubelet) start(t testing.TB, p *staticPod, c *container) {
 	k.nextID++
 	c.id = fmt.Sprintf("%s%04d%s", k.opts.Node, k.nextID, c.spec.Name)
 	c.attempt++
-	argv, env, err := k.command(p, c)
+	l, err := k.command(p, c)
 	logPath := filepath.Join(k.dir, "logs", c.id+".log")
 	logf, ferr := os.Create(logPath)
 	if ferr != nil {
@@ -214,13 +255,37 @@ func (k *Kubelet) start(t testing.TB, p *staticPod, c *container) {
 		close(c.done)
 		return
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = env
-	cmd.Dir = k.dir
+	cmd := exec.Command(l.argv[0], l.argv[1:]...)
+	cmd.Env = l.env
+	cmd.Dir = l.root
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = killWithParent()
+	cmd.SysProcAttr.Credential = l.cred
 	done := make(chan struct{})
-	if err := cmd.Start(); err != nil {
+	started := make(chan error, 1)
+	go func() {
+		if l.noNewPrivs {
+			// no_new_privs is a thread's and is inherited by what it forks: this thread
+			// forks the container and is never unlocked, so nothing else runs on it. Nor
+			// does it ever end: a locked thread ends with its goroutine, and the kernel then
+			// kills every child whose Pdeathsig ties it to that thread, including servers
+			// other goroutines forked from it before the lock (a test's MinIO died when a
+			// static pod stopped).
+			runtime.LockOSThread()
+			defer func() { select {} }()
+			if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetNoNewPrivs, 1, 0); errno != 0 {
+				started <- fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS) for allowPrivilegeEscalation: false: %w", errno)
+				return
+			}
+		}
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		k.waitContainer(cmd, c, l, logf, done)
+	}()
+	if err := <-started; err != nil {
 		fmt.Fprintf(logf, "kubelet: cannot start: %v\n", err)
 		logf.Close()
 		c.backOff()
@@ -229,35 +294,65 @@ func (k *Kubelet) start(t testing.TB, p *staticPod, c *container) {
 		return
 	}
 	c.proc, c.done, c.stopping, c.stopAt = cmd.Process, done, false, time.Time{}
-	go func() {
-		err := cmd.Wait()
-		k.mu.Lock()
-		exit := "exited"
-		if err != nil {
-			exit = err.Error()
+}
+
+// prSetNoNewPrivs is PR_SET_NO_NEW_PRIVS of prctl(2).
+const prSetNoNewPrivs = 38
+
+// waitContainer records how a container ended and what it left in a read-only root.
+func (k *Kubelet) waitContainer(cmd *exec.Cmd, c *container, l launch, logf *os.File, done chan struct{}) {
+	err := cmd.Wait()
+	k.mu.Lock()
+	defer close(done)
+	defer k.mu.Unlock()
+	exit := "exited"
+	if err != nil {
+		exit = err.Error()
+	}
+	if !c.stopAt.IsZero() {
+		exit += fmt.Sprintf(" %.1fs after SIGTERM", time.Since(c.stopAt).Seconds())
+	}
+	fmt.Fprintf(logf, "kubelet: %s\n", exit)
+	if left, _ := os.ReadDir(l.root); l.readOnlyRoot && len(left) > 0 {
+		var names []string
+		for _, e := range left {
+			names = append(names, e.Name())
 		}
-		if !c.stopAt.IsZero() {
-			exit += fmt.Sprintf(" %.1fs after SIGTERM", time.Since(c.stopAt).Seconds())
-		}
-		fmt.Fprintf(logf, "kubelet: %s\n", exit)
-		logf.Close()
-		if !c.stopping {
-			c.backOff()
-		}
-		c.stopping = false
-		k.mu.Unlock()
-		close(done)
-	}()
+		w := fmt.Sprintf("container %s (%s) has readOnlyRootFilesystem but wrote %v in its root, outside its volumes", c.spec.Name, c.id, names)
+		k.wrote = append(k.wrote, w)
+		fmt.Fprintf(logf, "kubelet: %s\n", w)
+	}
+	logf.Close()
+	if !c.stopping {
+		c.backOff()
+	}
+	c.stopping = false
+}
+
+// launch is how a container's process starts here.
+type launch struct {
+	argv, env    []string
+	root         string // the container's /, its working directory
+	readOnlyRoot bool
+	cred         *syscall.Credential // nil: as the test runs
+	noNewPrivs   bool
 }
 
 // command maps a container's command to here: its hostPath mounts to where the node's
-// paths are here, emptyDir mounts to a dir of the pod, and the node's addresses.
-func (k *Kubelet) command(p *staticPod, c *container) (argv, env []string, err error) {
+// paths are here, emptyDir mounts to a dir of the pod, and the node's addresses; and
+// applies its securityContext (see Kubelet).
+func (k *Kubelet) command(p *staticPod, c *container) (launch, error) {
+	var l launch
+	sec, err := securityOf(p.pod.Spec.SecurityContext, c.spec.SecurityContext)
+	if err != nil {
+		return l, err
+	}
+	l.cred, l.noNewPrivs, l.readOnlyRoot = sec.cred, sec.noNewPrivs, sec.readOnlyRoot
 	var mounts []mount
 	for _, m := range c.spec.VolumeMounts {
 		i := slices.IndexFunc(p.pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name })
 		if i < 0 {
-			return nil, nil, fmt.Errorf("volume %q not found", m.Name)
+			return l, fmt.Errorf("volume %q not found", m.Name)
 		}
 		v := p.pod.Spec.Volumes[i]
 		var to string
@@ -270,20 +365,24 @@ func (k *Kubelet) command(p *staticPod, c *container) (argv, env []string, err e
 			}
 			if typ == corev1.HostPathDirectoryOrCreate {
 				if err := os.MkdirAll(to, 0o755); err != nil {
-					return nil, nil, err
+					return l, err
 				}
 			} else if fi, err := os.Stat(to); typ == corev1.HostPathDirectory && (err != nil || !fi.IsDir()) {
-				return nil, nil, fmt.Errorf("hostPath %s of volume %q is not a directory", v.HostPath.Path, v.Name)
+				return l, fmt.Errorf("hostPath %s of volume %q is not a directory", v.HostPath.Path, v.Name)
 			} else if typ == corev1.HostPathFile && (err != nil || !fi.Mode().IsRegular()) {
-				return nil, nil, fmt.Errorf("hostPath %s of volume %q is not a file", v.HostPath.Path, v.Name)
+				return l, fmt.Errorf("hostPath %s of volume %q is not a file", v.HostPath.Path, v.Name)
 			}
 		case v.EmptyDir != nil:
 			to = filepath.Join(k.dir, "volumes", p.pod.Name, v.Name)
 			if err := os.MkdirAll(to, 0o755); err != nil {
-				return nil, nil, err
+				return l, err
+			}
+			// kubelet makes an emptyDir writable by every uid the pod may run as.
+			if err := os.Chmod(to, 0o777); err != nil {
+				return l, err
 			}
 		default:
-			return nil, nil, fmt.Errorf("volume %q: only hostPath and emptyDir are simulated", v.Name)
+			return l, fmt.Errorf("volume %q: only hostPath and emptyDir are simulated", v.Name)
 		}
 		mounts = append(mounts, mount{strings.TrimSuffix(m.MountPath, "/"), to})
 	}
@@ -292,18 +391,127 @@ func (k *Kubelet) command(p *staticPod, c *container) (argv, env []string, err e
 	mapArg := func(s string) string { return mapPaths(k.opts.Addr(s), mounts) }
 	all := append(append([]string{}, c.spec.Command...), c.spec.Args...)
 	if len(all) == 0 {
-		return nil, nil, fmt.Errorf("container %q has no command", c.spec.Name)
+		return l, fmt.Errorf("container %q has no command", c.spec.Name)
 	}
-	argv = []string{k.opts.Binary(c.spec.Image, all[0])}
+	l.argv = []string{k.opts.Binary(c.spec.Image, all[0])}
 	for _, a := range all[1:] {
-		argv = append(argv, mapArg(a))
+		l.argv = append(l.argv, mapArg(a))
 	}
-	env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + k.dir}, k.opts.Env...)
+	// The container's root: empty, and a new one at each start, as a new container's
+	// writable layer is.
+	l.root = filepath.Join(k.dir, "rootfs", c.id)
+	if err := os.MkdirAll(l.root, 0o755); err != nil {
+		return l, err
+	}
+	home, tmp := l.root, ""
+	if l.readOnlyRoot {
+		// Under a regular file: creating anything there fails, for root too.
+		ro := filepath.Join(k.dir, "read-only-root")
+		if err := os.WriteFile(ro, []byte("a container's read-only root filesystem\n"), 0o444); err != nil {
+			return l, err
+		}
+		home, tmp = filepath.Join(ro, "root"), filepath.Join(ro, "tmp")
+		if err := os.Chmod(l.root, 0o555); err != nil {
+			return l, err
+		}
+	}
+	if i := slices.IndexFunc(mounts, func(m mount) bool { return m.from == "/tmp" }); i >= 0 {
+		tmp = mounts[i].to
+	}
+	l.env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}
+	if tmp != "" {
+		l.env = append(l.env, "TMPDIR="+tmp)
+	}
+	l.env = append(l.env, k.opts.Env...)
 	for _, e := range c.spec.Env {
-		env = append(env, e.Name+"="+mapArg(e.Value))
+		l.env = append(l.env, e.Name+"="+mapArg(e.Value))
 	}
-	return argv, env, nil
+	return l, nil
 }
+
+// security is what the stand-in applies of a container's securityContext.
+type security struct {
+	cred         *syscall.Credential
+	noNewPrivs   bool
+	readOnlyRoot bool
+}
+
+// securityOf resolves a container's securityContext over its pod's, as kubelet does, and
+// refuses what kubelet, the API server or the runtime would refuse, or what it cannot do
+// here. See Kubelet for what is honoured.
+func securityOf(pod *corev1.PodSecurityContext, c *corev1.SecurityContext) (security, error) {
+	var out security
+	var uid, gid *int64
+	var nonRoot *bool
+	if pod != nil {
+		uid, gid, nonRoot = pod.RunAsUser, pod.RunAsGroup, pod.RunAsNonRoot
+	}
+	if c == nil {
+		c = &corev1.SecurityContext{}
+	}
+	if c.RunAsUser != nil {
+		uid = c.RunAsUser
+	}
+	if c.RunAsGroup != nil {
+		gid = c.RunAsGroup
+	}
+	if c.RunAsNonRoot != nil {
+		nonRoot = c.RunAsNonRoot
+	}
+	if caps := c.Capabilities; caps != nil {
+		for _, list := range [][]corev1.Capability{caps.Add, caps.Drop} {
+			for _, name := range list {
+				if n := strings.ToUpper(string(name)); n != "ALL" && !slices.Contains(capabilityNames, n) {
+					return out, fmt.Errorf("securityContext: unknown capability %q (names as in capabilities(7), without CAP_)", name)
+				}
+			}
+		}
+	}
+	if ape := c.AllowPrivilegeEscalation; ape != nil && !*ape {
+		if c.Privileged != nil && *c.Privileged {
+			return out, errors.New("securityContext: allowPrivilegeEscalation: false with privileged: true is invalid")
+		}
+		if c.Capabilities != nil && slices.ContainsFunc(c.Capabilities.Add, func(n corev1.Capability) bool { return strings.ToUpper(string(n)) == "SYS_ADMIN" }) {
+			return out, errors.New("securityContext: allowPrivilegeEscalation: false with capability SYS_ADMIN added is invalid")
+		}
+		out.noNewPrivs = true
+	}
+	out.readOnlyRoot = c.ReadOnlyRootFilesystem != nil && *c.ReadOnlyRootFilesystem
+	if gid != nil && uid == nil {
+		return out, errors.New("securityContext: runAsGroup without runAsUser needs the image's USER, which the kubelet stand-in cannot read")
+	}
+	me := os.Geteuid()
+	effective := int64(me)
+	if uid != nil {
+		effective = *uid
+	}
+	if nonRoot != nil && *nonRoot && effective == 0 {
+		return out, errors.New("securityContext: runAsNonRoot, but the container would run as uid 0")
+	}
+	if uid != nil {
+		g := int64(0) // a uid the image does not name gets gid 0 from the runtime
+		if gid != nil {
+			g = *gid
+		}
+		if *uid < 0 || *uid > math.MaxUint32 || g < 0 || g > math.MaxUint32 {
+			return out, fmt.Errorf("securityContext: runAsUser %d, runAsGroup %d out of range", *uid, g)
+		}
+		switch {
+		case me == 0:
+			out.cred = &syscall.Credential{Uid: uint32(*uid), Gid: uint32(g), Groups: []uint32{}}
+		case *uid != int64(me) || g != int64(os.Getegid()):
+			return out, fmt.Errorf("securityContext: runAsUser %d, runAsGroup %d: the kubelet stand-in runs as uid %d, gid %d and cannot switch; run the test as root", *uid, g, me, os.Getegid())
+		}
+	}
+	return out, nil
+}
+
+// capabilityNames are Linux's capabilities as a securityContext names them.
+var capabilityNames = []string{"CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+	"SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+	"SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE",
+	"SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN",
+	"SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE"}
 
 type mount struct{ from, to string }
 

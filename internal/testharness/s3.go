@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -17,6 +21,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
@@ -33,6 +38,24 @@ type S3Server struct {
 	AccessKey string
 	SecretKey string
 	Region    string
+	// CACert is the PEM file that verifies the server's certificate when it serves HTTPS.
+	CACert string
+	// KMSKey is the name of the server's built-in KMS key (SSE-S3, and SSE-KMS with it).
+	KMSKey string
+
+	objectLock bool
+}
+
+// MinIOOptions start MinIO with more of what S3 offers than StartMinIO does.
+type MinIOOptions struct {
+	// ObjectLock creates the bucket with Object Lock enabled (and so versioning).
+	ObjectLock bool
+	// KMS gives MinIO a built-in KMS key (MINIO_KMS_SECRET_KEY), named in S3Server.KMSKey,
+	// which SSE-S3 and SSE-KMS need.
+	KMS bool
+	// TLS serves HTTPS with a certificate for 127.0.0.1 from a throwaway CA (S3Server.CACert):
+	// MinIO refuses SSE-C over plain HTTP.
+	TLS bool
 }
 
 // Options returns the store options that reach this server. Credentials are
@@ -52,7 +75,7 @@ func (s *S3Server) URL(prefix string) string {
 // Env returns the environment a subprocess (the etcdguard binary) needs to
 // reach this server. Append it to os.Environ() or use it alone.
 func (s *S3Server) Env() []string {
-	return []string{
+	env := []string{
 		"AWS_ACCESS_KEY_ID=" + s.AccessKey,
 		"AWS_SECRET_ACCESS_KEY=" + s.SecretKey,
 		"AWS_REGION=" + s.Region,
@@ -64,26 +87,46 @@ func (s *S3Server) Env() []string {
 		"ETCDGUARD_S3_REGION=" + s.Region,
 		"ETCDGUARD_S3_PATH_STYLE=true",
 	}
+	if s.CACert != "" {
+		env = append(env, "AWS_CA_BUNDLE="+s.CACert)
+	}
+	return env
 }
 
 // Client returns an S3 client for this server with static credentials; it reads
 // no environment or AWS config files, so parallel tests cannot disturb it.
 func (s *S3Server) Client(t testing.TB) *s3.Client {
 	t.Helper()
-	return s3.New(s3.Options{
+	o := s3.Options{
 		Region:       s.Region,
 		BaseEndpoint: aws.String(s.Endpoint),
 		UsePathStyle: true,
 		Credentials:  credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
 		DisableLogOutputChecksumValidationSkipped: true,
-	})
+	}
+	if s.CACert != "" {
+		pem, err := os.ReadFile(s.CACert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		o.HTTPClient = awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+			tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+		})
+	}
+	return s3.New(o)
 }
 
 func (s *S3Server) createBucket(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := s.Client(t).CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
+	in := &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)}
+	if s.objectLock {
+		in.ObjectLockEnabledForBucket = aws.Bool(true)
+	}
+	if _, err := s.Client(t).CreateBucket(ctx, in); err != nil {
 		t.Fatalf("create bucket %s at %s: %v", s.Bucket, s.Endpoint, err)
 	}
 }
@@ -124,12 +167,46 @@ func StartVersityGW(t testing.TB) *S3Server {
 // StartVersityGW when bin/minio has not been built.
 func StartMinIO(t testing.TB) *S3Server {
 	t.Helper()
-	s := &S3Server{Bucket: "etcdguard-test", AccessKey: "etcdguard-" + randomHex(4), SecretKey: randomHex(16), Region: "us-east-1"}
+	return StartMinIOWith(t, MinIOOptions{})
+}
+
+// StartMinIOWith runs MinIO like StartMinIO, with Object Lock, a KMS key or TLS.
+func StartMinIOWith(t testing.TB, o MinIOOptions) *S3Server {
+	t.Helper()
+	s := &S3Server{Bucket: "etcdguard-test", AccessKey: "etcdguard-" + randomHex(4), SecretKey: randomHex(16), Region: "us-east-1",
+		objectLock: o.ObjectLock}
 	root := t.TempDir()
+	data := filepath.Join(root, "data")
+	env := []string{"HOME=" + root, "MINIO_ROOT_USER=" + s.AccessKey, "MINIO_ROOT_PASSWORD=" + s.SecretKey,
+		"MINIO_REGION=" + s.Region, "MINIO_BROWSER=off", "MINIO_UPDATE=off"}
+	if o.KMS {
+		s.KMSKey = "etcdguard-key"
+		key := make([]byte, 32)
+		rand.Read(key)
+		env = append(env, "MINIO_KMS_SECRET_KEY="+s.KMSKey+":"+base64.StdEncoding.EncodeToString(key))
+	}
+	extra := []string{}
+	if o.TLS {
+		f := GenerateTLS(t)
+		certs := filepath.Join(root, "certs")
+		if err := os.MkdirAll(certs, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for src, dst := range map[string]string{f.ServerCert: "public.crt", f.ServerKey: "private.key"} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(certs, dst), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.CACert = f.CACert
+		extra = append(extra, "--certs-dir", certs)
+	}
 	s.start(t, "minio", func(addr string) []string {
-		return []string{"server", "--quiet", "--address", addr, "--console-address", "127.0.0.1:0", root}
-	}, []string{"HOME=" + root, "MINIO_ROOT_USER=" + s.AccessKey, "MINIO_ROOT_PASSWORD=" + s.SecretKey,
-		"MINIO_REGION=" + s.Region, "MINIO_BROWSER=off", "MINIO_UPDATE=off"})
+		return append(append([]string{"server", "--quiet", "--address", addr, "--console-address", "127.0.0.1:0"}, extra...), data)
+	}, env)
 	return s
 }
 
@@ -178,6 +255,9 @@ func (s *S3Server) startOnce(t testing.TB, name, bin string, args func(addr stri
 	}
 
 	s.Endpoint = "http://" + addr
+	if s.CACert != "" {
+		s.Endpoint = "https://" + addr
+	}
 	client := s.Client(t)
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -23,6 +23,8 @@ import (
 // kubeadm's etcd server certificate is), and a client certificate, like a kubeadm etcd PKI.
 type TLSFiles struct {
 	CACert, ServerCert, ServerKey, ClientCert, ClientKey string
+	// CAKey signs more client certificates (IssueClientCert), as kubeadm's etcd/ca.key does.
+	CAKey string
 }
 
 // GenerateTLS writes a fresh CA and certificates into a temp dir; the server certificate
@@ -40,33 +42,75 @@ func GenerateTLS(t testing.TB, ips ...string) *TLSFiles {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, _ := x509.ParseCertificate(caDER)
-	f := &TLSFiles{CACert: writePEM(t, dir, "ca.crt", "CERTIFICATE", caDER)}
+	caKB, err := x509.MarshalECPrivateKey(caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &TLSFiles{CACert: writePEM(t, dir, "ca.crt", "CERTIFICATE", caDER), CAKey: writePEM(t, dir, "ca.key", "EC PRIVATE KEY", caKB)}
 	sans := []net.IP{net.ParseIP("127.0.0.1")}
 	for _, ip := range ips {
 		sans = append(sans, net.ParseIP(ip))
 	}
-	leaf := func(name string, serial int64, usage ...x509.ExtKeyUsage) (string, string) {
-		key := newKey(t)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usage,
-			IPAddresses: sans, DNSNames: []string{"localhost"},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kb, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return writePEM(t, dir, name+".crt", "CERTIFICATE", der), writePEM(t, dir, name+".key", "EC PRIVATE KEY", kb)
-	}
-	f.ServerCert, f.ServerKey = leaf("server", 2, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
-	f.ClientCert, f.ClientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
+	f.ServerCert, f.ServerKey = f.issue(t, dir, "server", "server", sans, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	f.ClientCert, f.ClientKey = f.issue(t, dir, "client", "client", sans, x509.ExtKeyUsageClientAuth)
 	return f
+}
+
+// IssueClientCert signs a client certificate whose CN is cn, written as name.crt and
+// name.key into dir. With etcd's --client-cert-auth and auth enabled, the CN is the etcd
+// user the certificate authenticates as.
+func (f *TLSFiles) IssueClientCert(t testing.TB, dir, name, cn string) (cert, key string) {
+	t.Helper()
+	return f.issue(t, dir, name, cn, nil, x509.ExtKeyUsageClientAuth)
+}
+
+func (f *TLSFiles) issue(t testing.TB, dir, name, cn string, ips []net.IP, usage ...x509.ExtKeyUsage) (cert, key string) {
+	t.Helper()
+	ca, caKey := f.loadCA(t)
+	k := newKey(t)
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usage,
+		IPAddresses: ips, DNSNames: []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writePEM(t, dir, name+".crt", "CERTIFICATE", der), writePEM(t, dir, name+".key", "EC PRIVATE KEY", kb)
+}
+
+func (f *TLSFiles) loadCA(t testing.TB) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	der := func(path string) []byte {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, _ := pem.Decode(b)
+		if blk == nil {
+			t.Fatalf("%s holds no PEM block", path)
+		}
+		return blk.Bytes
+	}
+	ca, err := x509.ParseCertificate(der(f.CACert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := x509.ParseECPrivateKey(der(f.CAKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, key
 }
 
 // WithClientTLS makes an embedded etcd serve clients over TLS and require client certificates.

@@ -20,16 +20,36 @@ import (
 )
 
 func init() {
-	store.Register("file", func(_ context.Context, u *url.URL, _ store.Options) (store.Store, error) {
-		dir := u.Path
-		if u.Opaque != "" { // file:relative/dir
-			dir = u.Opaque
+	store.Register("file", func(u *url.URL) (string, error) {
+		dir, err := ParseURL(u)
+		if err != nil {
+			return "", err
 		}
-		if (u.Host != "" && u.Host != "localhost") || dir == "" {
-			return nil, fmt.Errorf("malformed --store %q: want file:///ABSOLUTE/DIR (three slashes)", store.Redact(u.String()))
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return "", store.Invalid(fmt.Errorf("store directory %q: %w", dir, err))
+		}
+		return (&Store{dir: abs}).String(), nil
+	}, func(_ context.Context, u *url.URL, _ store.Options) (store.Store, error) {
+		dir, err := ParseURL(u)
+		if err != nil {
+			return nil, err
 		}
 		return Open(dir)
 	})
+}
+
+// ParseURL reads file:///DIR (or file:DIR, relative to the working directory) into the
+// directory. Its errors wrap store.ErrInvalid.
+func ParseURL(u *url.URL) (string, error) {
+	dir := u.Path
+	if u.Opaque != "" { // file:relative/dir
+		dir = u.Opaque
+	}
+	if (u.Host != "" && u.Host != "localhost") || u.User != nil || dir == "" || strings.ContainsRune(dir, 0) {
+		return "", store.Invalid(fmt.Errorf("malformed --store %q: want file:///ABSOLUTE/DIR (three slashes)", store.Redact(u.String())))
+	}
+	return dir, nil
 }
 
 // tmpMarker is part of every temp file's name: ".<base>.tmp-<random>".

@@ -32,7 +32,7 @@ func (s testStore) OpenUploads(ctx context.Context) ([]string, error) {
 }
 
 func TestSuite(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
+	storetest.Run(t, "file", func(t *testing.T) store.Store {
 		s, err := Open(filepath.Join(t.TempDir(), "not", "yet", "there"))
 		if err != nil {
 			t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,9 +119,9 @@ func TestWrapFence(t *testing.T) {
 	srv := testharness.StartFakeS3(t)
 	st := store.Wrap(NewFromClient(srv.Client(t), srv.Bucket, "", store.Options{S3Endpoint: srv.Endpoint, PartSize: MinPartSize}), store.WrapOptions{})
 	lost := errors.New("lease expired")
-	var down bool
+	var down atomic.Bool // the fence is asked from the parts' goroutines too
 	ctx := store.WithFence(context.Background(), func() error {
-		if down {
+		if down.Load() {
 			return lost
 		}
 		return nil
@@ -129,7 +130,7 @@ func TestWrapFence(t *testing.T) {
 	reads := 0
 	_, err := st.Put(ctx, "snap.db", readFunc(func(p []byte) (int, error) {
 		if reads++; reads == 8 { // past the first part: a multipart upload is open
-			down = true
+			down.Store(true)
 		}
 		return src.Read(p)
 	}))

@@ -7,18 +7,23 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
@@ -28,15 +33,43 @@ import (
 )
 
 func init() {
-	store.Register("s3", func(ctx context.Context, u *url.URL, opts store.Options) (store.Store, error) {
-		if u.User != nil {
-			return nil, fmt.Errorf("--store %q contains credentials: remove them and use the AWS default chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role)", store.Redact(u.String()))
+	store.Register("s3", func(u *url.URL) (string, error) {
+		bucket, prefix, err := ParseURL(u)
+		if err != nil {
+			return "", err
 		}
-		if u.Host == "" {
-			return nil, fmt.Errorf("malformed --store %q: want s3://BUCKET[/PREFIX]", u.String())
+		return (&Store{bucket: bucket, prefix: cleanPrefix(prefix)}).String(), nil
+	}, func(ctx context.Context, u *url.URL, opts store.Options) (store.Store, error) {
+		bucket, prefix, err := ParseURL(u)
+		if err != nil {
+			return nil, err
 		}
-		return Open(ctx, u.Host, u.Path, opts)
+		return Open(ctx, bucket, prefix, opts)
 	})
+}
+
+// ParseURL reads s3://BUCKET[/PREFIX] into the bucket and the prefix (without the slashes
+// around it). Its errors wrap store.ErrInvalid.
+func ParseURL(u *url.URL) (bucket, prefix string, err error) {
+	if u.User != nil {
+		return "", "", store.Invalid(fmt.Errorf("--store %q contains credentials: remove them and use the AWS default chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance role)", store.Redact(u.String())))
+	}
+	if u.Host == "" || u.Opaque != "" {
+		return "", "", store.Invalid(fmt.Errorf("malformed --store %q: want s3://BUCKET[/PREFIX]", u.String()))
+	}
+	// S3's own rules are stricter (3 to 63 of a-z, 0-9, '.' and '-'), but legacy buckets
+	// and other servers take more; what is refused here is what no bucket name holds, and
+	// what would not read back from the store's URL (a port, an escape).
+	if len(u.Host) > 255 || strings.IndexFunc(u.Host, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_')
+	}) >= 0 {
+		return "", "", store.Invalid(fmt.Errorf("malformed --store %q: %q is not a bucket name (letters, digits, '.', '-' and '_'; no port: the endpoint is --s3-endpoint)", u.String(), u.Host))
+	}
+	prefix = strings.Trim(u.Path, "/")
+	if prefix != "" && (store.CheckKey(prefix) != nil || !utf8.ValidString(prefix)) {
+		return "", "", store.Invalid(fmt.Errorf("malformed --store %q: the prefix %q must be a UTF-8 slash-separated path without empty, '.' or '..' elements", u.String(), prefix))
+	}
+	return u.Host, prefix, nil
 }
 
 const (
@@ -62,7 +95,10 @@ type Store struct {
 	opts        store.Options
 	partSize    int64
 	concurrency int
-	maxParts    int // S3's limit; tests lower it
+	maxParts    int               // S3's limit; tests lower it
+	retry       store.RetryPolicy // of each request within a Put
+	ssec        *sseC
+	initErr     error // a setting NewFromClient could not apply; every request returns it
 }
 
 var _ store.Store = (*Store)(nil)
@@ -78,15 +114,18 @@ func Open(ctx context.Context, bucket, prefix string, opts store.Options) (*Stor
 // instead of changing the process environment.
 func open(ctx context.Context, bucket, prefix string, opts store.Options, loadOpts ...func(*config.LoadOptions) error) (*Store, error) {
 	if opts.PartSize != 0 && opts.PartSize < MinPartSize {
-		return nil, fmt.Errorf("S3 part size %d is too small: S3 requires at least %d bytes (5 MiB)", opts.PartSize, MinPartSize)
+		return nil, store.Invalid(fmt.Errorf("S3 part size %d is too small: S3 requires at least %d bytes (5 MiB)", opts.PartSize, MinPartSize))
 	}
-	switch opts.S3SSE {
-	case "", "AES256", "aws:kms", "aws:kms:dsse":
-	default:
-		return nil, fmt.Errorf("unknown --s3-sse %q: use AES256 or aws:kms", opts.S3SSE)
+	if err := checkSecurity(opts); err != nil {
+		return nil, err
 	}
-	if opts.S3KMSKeyID != "" && !strings.HasPrefix(opts.S3SSE, "aws:kms") {
-		return nil, errors.New("--s3-kms-key-id needs --s3-sse aws:kms")
+	files, missing, err := credentialFiles()
+	if err != nil {
+		return nil, err
+	}
+	var absent string
+	if len(missing) > 0 {
+		absent = " (" + strings.Join(missing, " and ") + " does not exist)"
 	}
 	// The SDK's own warnings (an IMDS fallback off EC2, retries) go to slog at debug
 	// level: the error we return already says what matters, on one line.
@@ -95,12 +134,29 @@ func open(ctx context.Context, bucket, prefix string, opts store.Options, loadOp
 	})
 	cfg, err := config.LoadDefaultConfig(ctx, append([]func(*config.LoadOptions) error{config.WithLogger(sdkLog)}, loadOpts...)...)
 	if err != nil {
+		// Not ErrInvalid: a profile or ca_bundle file may be provisioned after the daemon starts.
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
 	}
 	// The SDK would report missing credentials as a failed HeadBucket.
 	if cfg.Credentials != nil {
-		if _, err := cfg.Credentials.Retrieve(ctx); err != nil {
-			return nil, fmt.Errorf("no AWS credentials for bucket %q: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the node an IAM role: %w", bucket, err)
+		creds, err := cfg.Credentials.Retrieve(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("no AWS credentials for bucket %q%s: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the node an IAM role: %w", bucket, absent, err)
+		}
+		slog.Debug("AWS credentials", "bucket", bucket, "source", creds.Source)
+		// A named file without credentials for the profile makes the SDK go on down its
+		// chain to the node's instance role: backups would run as another identity, or
+		// fail as access denied, far from the cause.
+		if creds.Source == ec2rolecreds.ProviderName {
+			// A credentials file is there to hold keys; a config file alone (ca_bundle,
+			// region) goes well with an instance role.
+			if keys := slices.IndexFunc(files, func(f string) bool { return strings.HasPrefix(f, "AWS_SHARED_CREDENTIALS_FILE=") }); keys >= 0 {
+				return nil, fmt.Errorf("%s has no credentials for AWS profile %q (the SDK fell back to the instance role): add [%s] with aws_access_key_id and aws_secret_access_key, or set AWS_PROFILE",
+					files[keys], profile(), profile())
+			}
+			if absent != "" {
+				slog.Warn("using the node's instance role for the store"+absent, "bucket", bucket)
+			}
 		}
 	}
 	if opts.S3Region != "" {
@@ -120,22 +176,73 @@ func open(ctx context.Context, bucket, prefix string, opts store.Options, loadOp
 		// warning for every object read from them.
 		o.DisableLogOutputChecksumValidationSkipped = true
 	})
+	return New(ctx, client, bucket, prefix, opts)
+}
+
+// New wraps client after checking the options, the bucket, and that the bucket has Object
+// Lock when the options ask for retention.
+func New(ctx context.Context, client *s3.Client, bucket, prefix string, opts store.Options) (*Store, error) {
+	if err := checkSecurity(opts); err != nil {
+		return nil, err
+	}
 	s := NewFromClient(client, bucket, prefix, opts)
-	if _, err := client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(bucket)}); err != nil {
+	if s.initErr != nil {
+		return nil, s.initErr
+	}
+	err := s.send(ctx, "check bucket "+bucket, false, nil, func(ctx context.Context, _ io.Reader) error {
+		_, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(bucket)})
+		return err
+	})
+	if err != nil {
 		return nil, s.bucketErr(err)
+	}
+	if err := s.checkObjectLock(ctx); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
-// NewFromClient wraps an existing client without checking the bucket. A part
-// size below MinPartSize is raised to it.
-func NewFromClient(client *s3.Client, bucket, prefix string, opts store.Options) *Store {
-	prefix = strings.Trim(prefix, "/")
-	if prefix != "" {
-		prefix += "/"
+// credentialFiles sorts the AWS files the environment names into those there and those
+// missing. The SDK skips a missing one as if it were not named and goes on down its chain
+// (to the node's instance role), which is right where a role is meant (deploy/credentials.md
+// makes the file optional) and a surprise where the file was: open says which happened.
+func credentialFiles() (present, missing []string, err error) {
+	for _, env := range []string{"AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"} {
+		path := os.Getenv(env)
+		if path == "" {
+			continue
+		}
+		f, err := os.Open(path)
+		switch {
+		case err == nil:
+			f.Close()
+			present = append(present, env+"="+path)
+		case errors.Is(err, fs.ErrNotExist):
+			missing = append(missing, env+"="+path)
+		default: // there but unreadable (its mode, the container's user): never skip it
+			return nil, nil, fmt.Errorf("%s: %w: make it readable by etcdguard's user, or unset %s", env, err, env)
+		}
 	}
+	return present, missing, nil
+}
+
+func profile() string {
+	if p := os.Getenv("AWS_PROFILE"); p != "" {
+		return p
+	}
+	return "default"
+}
+
+// NewFromClient wraps an existing client without checking the bucket or the options (New
+// does). A part size below MinPartSize is raised to it.
+func NewFromClient(client *s3.Client, bucket, prefix string, opts store.Options) *Store {
+	prefix = cleanPrefix(prefix)
+	// Retries are store.Wrap's (and, within a Put, this backend's own, for each part):
+	// the SDK's would multiply with them, and its retry quota runs dry under a long
+	// spell of SlowDown, failing requests it never tried.
+	client = s3.New(client.Options(), func(o *s3.Options) { o.Retryer = aws.NopRetryer{} })
 	s := &Store{client: client, bucket: bucket, prefix: prefix, opts: opts,
-		partSize: opts.PartSize, concurrency: opts.Concurrency, maxParts: maxParts}
+		partSize: opts.PartSize, concurrency: opts.Concurrency, maxParts: maxParts, retry: store.DefaultRetry}
 	if s.partSize == 0 {
 		s.partSize = DefaultPartSize
 	}
@@ -143,15 +250,27 @@ func NewFromClient(client *s3.Client, bucket, prefix string, opts store.Options)
 	if s.concurrency <= 0 {
 		s.concurrency = DefaultConcurrency
 	}
+	if opts.S3SSECKeyFile != "" {
+		s.ssec, s.initErr = loadSSECKey(opts.S3SSECKeyFile)
+	}
 	return s
 }
 
-// String returns s3://BUCKET[/PREFIX].
-func (s *Store) String() string {
-	if s.prefix == "" {
-		return "s3://" + s.bucket
+// cleanPrefix is "" or the prefix without slashes around it and one after it.
+func cleanPrefix(prefix string) string {
+	if prefix = strings.Trim(prefix, "/"); prefix != "" {
+		prefix += "/"
 	}
-	return "s3://" + s.bucket + "/" + strings.TrimSuffix(s.prefix, "/")
+	return prefix
+}
+
+// String returns s3://BUCKET[/PREFIX], escaped so that it reads back as the same store.
+func (s *Store) String() string {
+	u := url.URL{Scheme: "s3", Host: s.bucket}
+	if s.prefix != "" {
+		u.Path = "/" + strings.TrimSuffix(s.prefix, "/")
+	}
+	return u.String()
 }
 
 func (s *Store) endpoint() string {
@@ -204,7 +323,17 @@ func errInfo(err error) (code string, status int) {
 // store's sentinels.
 func (s *Store) objectErr(op, key string, err error) error {
 	code, status := errInfo(err)
+	transient := isTransient(err)
+	// Only reads meet an object's SSE-C key: a 403 on a put or delete is the policy's
+	// (or a retention lock's), never a wrong key.
+	if op == "get" || op == "stat" {
+		if herr := s.sseCErr(err); herr != nil {
+			return fmt.Errorf("%s %s/%s: %w", op, s, key, herr)
+		}
+	}
 	switch {
+	case lockErr(err):
+		err = fmt.Errorf("%w: S3 Object Lock keeps it until its retention date (%w)", store.ErrLocked, err)
 	case code == "NoSuchKey" || code == "NotFound" || (status == 404 && code != "NoSuchBucket"):
 		err = store.ErrNotExist // the SDK's request ids would only be noise here
 	case code == "NoSuchBucket":
@@ -212,10 +341,31 @@ func (s *Store) objectErr(op, key string, err error) error {
 	case status == 403:
 		err = fmt.Errorf("%w: check the credentials and their IAM policy (%w)", store.ErrAccessDenied, err)
 	}
-	return fmt.Errorf("%s %s/%s: %w", op, s, key, err)
+	err = fmt.Errorf("%s %s/%s: %w", op, s, key, err)
+	if transient {
+		return store.Transient(err)
+	}
+	return err
+}
+
+// sdkRetryables is how the SDK's own retryer tells a passing failure (5xx, SlowDown and
+// other throttling codes, a reset or refused connection, a timeout) from a final one.
+var sdkRetryables = retry.IsErrorRetryables(retry.DefaultRetryables)
+
+// isTransient reports whether a request that failed with err may succeed if sent again.
+// A response cut short (unexpected EOF) is one too: the SDK only sees it as a failed
+// deserialization.
+func isTransient(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	return sdkRetryables.IsErrorRetryable(err) == aws.TrueTernary || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 func (s *Store) key(key string) (string, error) {
+	if s.initErr != nil {
+		return "", s.initErr
+	}
 	if err := store.CheckKey(key); err != nil {
 		return "", err
 	}
@@ -228,12 +378,62 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &k})
+	in := &s3.GetObjectInput{Bucket: &s.bucket, Key: &k}
+	in.SSECustomerAlgorithm, in.SSECustomerKey, in.SSECustomerKeyMD5 = s.customerKey()
+	out, err := s.client.GetObject(ctx, in)
 	if err != nil {
 		return nil, s.objectErr("get", key, err)
 	}
-	return out.Body, nil
+	return newBody(ctx, out), nil
 }
+
+// GetRange opens key from byte off on, if it is still the version etag names
+// (store.Ranger: how a read cut short resumes).
+func (s *Store) GetRange(ctx context.Context, key string, off int64, etag string) (io.ReadCloser, error) {
+	k, err := s.key(key)
+	if err != nil {
+		return nil, err
+	}
+	in := &s3.GetObjectInput{Bucket: &s.bucket, Key: &k, Range: aws.String(fmt.Sprintf("bytes=%d-", off)), IfMatch: &etag}
+	in.SSECustomerAlgorithm, in.SSECustomerKey, in.SSECustomerKeyMD5 = s.customerKey()
+	out, err := s.client.GetObject(ctx, in)
+	if err != nil {
+		if code, status := errInfo(err); code == "PreconditionFailed" || status == 412 {
+			return nil, fmt.Errorf("get %s/%s from byte %d: the object was replaced while it was being read: %w", s, key, off, err)
+		}
+		return nil, s.objectErr("get", key, err)
+	}
+	b := newBody(ctx, out)
+	b.size = off + b.size // the whole object's, as the first Get said
+	return b, nil
+}
+
+// body is a GetObject response body that says which version it reads (store.Versioned),
+// and marks a failed read as transient: past the headers, any failure is the network's.
+type body struct {
+	io.ReadCloser
+	ctx  context.Context
+	etag string
+	size int64
+}
+
+func newBody(ctx context.Context, out *s3.GetObjectOutput) *body {
+	size := int64(-1)
+	if out.ContentLength != nil {
+		size = *out.ContentLength
+	}
+	return &body{ReadCloser: out.Body, ctx: ctx, etag: aws.ToString(out.ETag), size: size}
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.ctx.Err() == nil {
+		err = store.Transient(err)
+	}
+	return n, err
+}
+
+func (b *body) Version() (string, int64) { return b.etag, b.size }
 
 // Stat describes key.
 func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) {
@@ -241,11 +441,15 @@ func (s *Store) Stat(ctx context.Context, key string) (store.ObjectInfo, error) 
 	if err != nil {
 		return store.ObjectInfo{}, err
 	}
-	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &k})
+	in := &s3.HeadObjectInput{Bucket: &s.bucket, Key: &k}
+	in.SSECustomerAlgorithm, in.SSECustomerKey, in.SSECustomerKeyMD5 = s.customerKey()
+	out, err := s.client.HeadObject(ctx, in)
 	if err != nil {
 		return store.ObjectInfo{}, s.objectErr("stat", key, err)
 	}
-	return store.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified)}, nil
+	// S3 leaves the retention out unless the caller may read it (s3:GetObjectRetention).
+	return store.ObjectInfo{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified),
+		RetainUntil: aws.ToTime(out.ObjectLockRetainUntilDate)}, nil
 }
 
 // List returns the objects whose keys start with prefix, sorted by key.

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"strings"
 	"sync"
 	"testing"
@@ -85,7 +86,7 @@ func newTestStore(t *testing.T, srv *testharness.S3Server, opts store.Options) *
 
 func TestSuite(t *testing.T) {
 	forEachServer(t, func(t *testing.T, srv *testharness.S3Server) {
-		storetest.Run(t, func(t *testing.T) store.Store {
+		storetest.Run(t, path.Base(t.Name()), func(t *testing.T) store.Store {
 			return testStore{newTestStore(t, srv, store.Options{})}
 		})
 	})

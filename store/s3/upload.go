@@ -64,10 +64,18 @@ func (s *Store) objectSettings() (types.ServerSideEncryption, *string, types.Sto
 func (s *Store) putSingle(ctx context.Context, key, k string, b []byte) (int64, error) {
 	in := &s3.PutObjectInput{Bucket: &s.bucket, Key: &k, Body: bytes.NewReader(b), ContentLength: aws.Int64(int64(len(b)))}
 	in.ServerSideEncryption, in.SSEKMSKeyId, in.StorageClass = s.objectSettings()
-	if err := store.FenceErr(ctx); err != nil {
-		return 0, s.objectErr("put", key, err)
+	in.SSECustomerAlgorithm, in.SSECustomerKey, in.SSECustomerKeyMD5 = s.customerKey()
+	if in.ObjectLockMode, in.ObjectLockRetainUntilDate = s.lock(); in.ObjectLockMode != "" {
+		// S3 refuses a Put with retention that carries neither Content-MD5 nor a checksum,
+		// and the SDK sends none when told "when_required".
+		in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
 	}
-	if _, err := s.client.PutObject(ctx, in); err != nil {
+	err := s.send(ctx, "put "+key, true, b, func(ctx context.Context, body io.Reader) error {
+		in.Body = body
+		_, err := s.client.PutObject(ctx, in)
+		return err
+	})
+	if err != nil {
 		return 0, s.objectErr("put", key, err)
 	}
 	return int64(len(b)), nil
@@ -76,14 +84,23 @@ func (s *Store) putSingle(ctx context.Context, key, k string, b []byte) (int64, 
 func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, first []byte) (total int64, err error) {
 	in := &s3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &k}
 	in.ServerSideEncryption, in.SSEKMSKeyId, in.StorageClass = s.objectSettings()
+	in.SSECustomerAlgorithm, in.SSECustomerKey, in.SSECustomerKeyMD5 = s.customerKey()
+	in.ObjectLockMode, in.ObjectLockRetainUntilDate = s.lock()
 	// S3 refuses part checksums that the upload was not created with, and the
 	// SDK sends CRC32s unless told "when_required" (for servers that lack them).
+	// Parts of a locked object need a checksum (or Content-MD5) whatever the setting.
 	var algo types.ChecksumAlgorithm
-	if s.client.Options().RequestChecksumCalculation != aws.RequestChecksumCalculationWhenRequired {
+	if s.client.Options().RequestChecksumCalculation != aws.RequestChecksumCalculationWhenRequired || in.ObjectLockMode != "" {
 		algo = types.ChecksumAlgorithmCrc32
 		in.ChecksumAlgorithm = algo
 	}
-	created, err := s.client.CreateMultipartUpload(ctx, in)
+	// A create answered with an error after it was done leaves an upload no one knows of:
+	// the next save's AbortIncomplete removes it.
+	var created *s3.CreateMultipartUploadOutput
+	err = s.send(ctx, "create the upload of "+key, true, nil, func(ctx context.Context, _ io.Reader) (err error) {
+		created, err = s.client.CreateMultipartUpload(ctx, in)
+		return err
+	})
 	if err != nil {
 		return 0, s.objectErr("put", key, err)
 	}
@@ -108,12 +125,15 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 		parts    []types.CompletedPart
 		firstErr error
 	)
-	fail := func(err error) {
+	setErr := func(err error) {
 		mu.Lock()
 		if firstErr == nil {
 			firstErr = err
 		}
 		mu.Unlock()
+	}
+	fail := func(err error) {
+		setErr(err)
 		cancel() // stop the other parts and the reader
 	}
 	// Parts in flight are limited by sem, buffers by pool: concurrency parts
@@ -132,8 +152,14 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 			defer pool.put(buf[:cap(buf)])
 			defer func() { <-sem }()
 			in := &s3.UploadPartInput{Bucket: &s.bucket, Key: &k, UploadId: uploadID, PartNumber: aws.Int32(num),
-				Body: bytes.NewReader(buf), ContentLength: aws.Int64(int64(len(buf))), ChecksumAlgorithm: algo}
-			out, err := s.client.UploadPart(uctx, in)
+				ContentLength: aws.Int64(int64(len(buf))), ChecksumAlgorithm: algo}
+			in.SSECustomerAlgorithm, in.SSECustomerKey, in.SSECustomerKeyMD5 = s.customerKey()
+			var out *s3.UploadPartOutput
+			err := s.send(uctx, fmt.Sprintf("upload part %d of %s", num, key), true, buf, func(ctx context.Context, body io.Reader) (err error) {
+				in.Body = body
+				out, err = s.client.UploadPart(ctx, in)
+				return err
+			})
 			if err != nil {
 				fail(fmt.Errorf("upload part %d: %w", num, err))
 				return
@@ -168,7 +194,10 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 		}
 		if n, rerr = readPart(uctx, r, buf); rerr != nil && rerr != io.EOF {
 			pool.put(buf)
-			fail(sourceErr(uctx, rerr))
+			// The parts in flight are not cancelled but waited for: a part cancelled
+			// on our side may still land on the server after the abort and bring the
+			// upload back (versitygw does), leaving it behind until the next save.
+			setErr(sourceErr(uctx, rerr))
 			break
 		}
 	}
@@ -181,15 +210,89 @@ func (s *Store) putMultipart(ctx context.Context, key, k string, r io.Reader, fi
 	}
 
 	slices.SortFunc(parts, func(a, b types.CompletedPart) int { return int(*a.PartNumber - *b.PartNumber) })
-	if err := store.FenceErr(ctx); err != nil {
-		return 0, s.objectErr("put", key, err)
-	}
-	_, err = s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.bucket, Key: &k, UploadId: uploadID,
-		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
+	cin := &s3.CompleteMultipartUploadInput{Bucket: &s.bucket, Key: &k, UploadId: uploadID,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}}
+	cin.SSECustomerAlgorithm, cin.SSECustomerKey, cin.SSECustomerKeyMD5 = s.customerKey()
+	attempts := 0
+	err = s.send(ctx, "complete the upload of "+key, true, nil, func(ctx context.Context, _ io.Reader) error {
+		attempts++
+		_, err := s.client.CompleteMultipartUpload(ctx, cin)
+		if err != nil && attempts > 1 && isNoSuchUpload(err) && s.completed(ctx, key, total) {
+			return nil // an earlier attempt completed it; only its answer was lost
+		}
+		return err
+	})
 	if err != nil {
 		return 0, s.objectErr("put", key, fmt.Errorf("complete multipart upload: %w", err))
 	}
 	return total, nil
+}
+
+// send sends one request of a Put (with body b, if any), and again while it fails
+// transiently: a stream cannot be read twice, so it is each request (each part) that is
+// retried, not the Put. An attempt during which the SDK has read none of b, or waited for
+// the answer, for opts.StallTimeout is abandoned as stalled, and retried.
+func (s *Store) send(ctx context.Context, what string, write bool, b []byte, fn func(context.Context, io.Reader) error) error {
+	d := s.opts.StallTimeout
+	return store.Retry(ctx, s.retry, what, func(ctx context.Context) error {
+		if write {
+			// Before each attempt, not only the first: a daemon stopped during a backoff
+			// may wake up no longer the leader.
+			if err := store.FenceErr(ctx); err != nil {
+				return err
+			}
+		}
+		actx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		var body io.Reader
+		if b != nil {
+			body = bytes.NewReader(b)
+		}
+		if d > 0 {
+			w := time.AfterFunc(d, func() { cancel(store.ErrStalled) })
+			defer w.Stop()
+			if b != nil {
+				body = &progressReader{ctx: ctx, r: bytes.NewReader(b), t: w, d: d}
+			}
+		}
+		err := fn(actx, body)
+		if d > 0 {
+			store.Progress(ctx) // an answer, even an error, is the store moving
+		}
+		if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), store.ErrStalled) {
+			return fmt.Errorf("%w: %s moved nothing for %s", store.ErrStalled, what, d)
+		}
+		if isTransient(err) {
+			return store.Transient(err)
+		}
+		return err
+	})
+}
+
+// progressReader pushes its timer, and the Put's deadline (store.Progress), back each time
+// the request reads from it. The SDK may
+// seek it back to the start (to sign or checksum it): it is a ReadSeeker so it can.
+type progressReader struct {
+	ctx context.Context
+	r   *bytes.Reader
+	t   *time.Timer
+	d   time.Duration
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	p.t.Reset(p.d)
+	store.Progress(p.ctx)
+	return p.r.Read(b)
+}
+
+func (p *progressReader) Seek(off int64, whence int) (int64, error) { return p.r.Seek(off, whence) }
+
+// completed reports whether key holds an object of size bytes: after a completion that
+// failed in a way that may have been done, and whose retry finds no upload. Anything else
+// (an upload aborted under us, the key holding something else) stays an error.
+func (s *Store) completed(ctx context.Context, key string, size int64) bool {
+	info, err := s.Stat(ctx, key)
+	return err == nil && info.Size == size
 }
 
 // readFirst reads the first part. Small objects (manifests, plans, audit events) only
@@ -269,14 +372,20 @@ func sourceErr(ctx context.Context, err error) error {
 // abortUpload aborts a multipart upload until it is gone. A part whose request was
 // cancelled on our side may still be landing on the server, and S3 documents that an
 // abort may then have to be repeated to free everything (servers such as versitygw even
-// bring the upload back); so the upload is looked up again after each abort.
+// bring the upload back, or fail the abort with a 500 while the part lands); so a
+// transient failure is tried again, and the upload is looked up again after each abort.
+//
+// Gone means not listed twice in a row: a part landing late brings it back in between.
 func (s *Store) abortUpload(ctx context.Context, k string, uploadID *string) error {
+	gone := 0
 	for attempt := 0; ; attempt++ {
-		_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &k, UploadId: uploadID})
-		if err != nil && !isNoSuchUpload(err) {
-			return err
+		if gone == 0 {
+			_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &k, UploadId: uploadID})
+			if err != nil && !isNoSuchUpload(err) && (!isTransient(err) || attempt == 6) {
+				return err
+			}
 		}
-		if attempt == 4 {
+		if attempt == 6 {
 			return nil // AbortIncomplete in the next save catches whatever is still left
 		}
 		select {
@@ -285,14 +394,17 @@ func (s *Store) abortUpload(ctx context.Context, k string, uploadID *string) err
 		case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
 		}
 		out, err := s.client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: &s.bucket, Prefix: &k})
-		if isNoSuchUpload(err) {
-			return nil
-		}
-		if err != nil {
+		switch {
+		case isNoSuchUpload(err) || (err == nil && !slices.ContainsFunc(out.Uploads, func(u types.MultipartUpload) bool {
+			return aws.ToString(u.UploadId) == aws.ToString(uploadID)
+		})):
+			if gone++; gone == 2 {
+				return nil
+			}
+		case err != nil && !isTransient(err):
 			return err
-		}
-		if !slices.ContainsFunc(out.Uploads, func(u types.MultipartUpload) bool { return aws.ToString(u.UploadId) == aws.ToString(uploadID) }) {
-			return nil
+		default:
+			gone = 0
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"testing/iotest"
 
+	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/store"
 )
 
@@ -32,8 +33,9 @@ type Uploads interface {
 }
 
 // Run runs the suite. newStore must return an empty store, isolated from the
-// stores of other calls (its own directory or prefix).
-func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
+// stores of other calls (its own directory or prefix). backend names it in the
+// reliability report.
+func Run(t *testing.T, backend string, newStore func(t *testing.T) store.Store) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, newStore func(t *testing.T) store.Store)
@@ -45,8 +47,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Isolation", testIsolation},
 		{"Delete", testDelete},
 		{"Overwrite", testOverwrite},
-		{"FailingReader", testFailingReader},
-		{"Cancel", testCancel},
+		{"FailingReader", func(t *testing.T, ns func(t *testing.T) store.Store) { testFailingReader(t, backend, ns) }},
+		{"Cancel", func(t *testing.T, ns func(t *testing.T) store.Store) { testCancel(t, backend, ns) }},
 		{"InvalidKeys", testInvalidKeys},
 		{"AbortIncomplete", testAbortIncomplete},
 	}
@@ -339,7 +341,10 @@ var failSizes = []struct {
 	{"after-three-parts", 3*PartSize + 1},
 }
 
-func testFailingReader(t *testing.T, newStore func(t *testing.T) store.Store) {
+func testFailingReader(t *testing.T, backend string, newStore func(t *testing.T) store.Store) {
+	testharness.RecordFault(t, testharness.FaultRow{Area: "store Put (" + backend + ")",
+		Fault: "the source stream fails within the first part, after one, after three", Tries: 2 * len(failSizes),
+		Result: "error wraps the stream's; no object, no open upload; an overwritten object keeps its old content"})
 	s := newStore(t)
 	ctx := t.Context()
 	if err := store.PutBytes(ctx, s, "old", []byte("previous version")); err != nil {
@@ -365,7 +370,10 @@ func testFailingReader(t *testing.T, newStore func(t *testing.T) store.Store) {
 	}
 }
 
-func testCancel(t *testing.T, newStore func(t *testing.T) store.Store) {
+func testCancel(t *testing.T, backend string, newStore func(t *testing.T) store.Store) {
+	testharness.RecordFault(t, testharness.FaultRow{Area: "store Put (" + backend + ")",
+		Fault: "the caller cancels within the first part, after one, after three", Tries: len(failSizes),
+		Result: "error wraps context.Canceled; no object, no open upload"})
 	s := newStore(t)
 	for _, tt := range failSizes {
 		t.Run(tt.name, func(t *testing.T) {
