@@ -686,7 +686,10 @@ func crashDelUndo(t *testing.T) {
 }
 
 // crashDaemon kills the daemon (--delta, a snapshot every second, keep-last 2 so each run
-// prunes) at random points while a writer changes etcd, and restarts it. After each kill
+// prunes) at random points while a writer changes etcd, and restarts it. The points rotate
+// over three phases, so each is hit whatever the machine's speed: any time in the first
+// runs, just after a save started, and just after retention deleted a snapshot (while it
+// prunes the rest and the delta segments it no longer needs). After each kill
 // every listed snapshot verifies; at the end the current history's delta segments chain
 // with no gap and no overlap from the oldest snapshot to etcd's last revision, timeline
 // shows no gap, and restores at the last revision and at a random one in between equal
@@ -698,7 +701,7 @@ func crashDaemon(t *testing.T) {
 	ctx := context.Background()
 	e := testharness.StartEtcd(t)
 	cli := e.Client(t)
-	if _, err := loadgen.LoadK8sKeyspace(ctx, cli, loadgen.Options{TargetBytes: 16 << 20, ValueSize: 8 << 10, Seed: 16}); err != nil {
+	if _, err := loadgen.LoadK8sKeyspace(ctx, cli, loadgen.Options{TargetBytes: 8 << 20, ValueSize: 8 << 10, Seed: 16}); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
@@ -709,7 +712,7 @@ func crashDaemon(t *testing.T) {
 	const cluster = "crashd"
 	env := []string{"ETCDGUARD_ENDPOINTS=" + e.Endpoints[0], "ETCDGUARD_CLUSTER=" + cluster, "ETCDGUARD_STORE=file://" + dir}
 	args := []string{"--schedule", "@every 1s", "--election-ttl", "2s", "--delta", "--delta-flush", "200ms",
-		"--keep-last", "4", "--keep-hourly", "0", "--keep-daily", "0", "--keep-weekly", "0"}
+		"--keep-last", "2", "--keep-hourly", "0", "--keep-daily", "0", "--keep-weekly", "0"}
 
 	// The writer: puts, overwrites and deletes, some in transactions, about 100 revisions a second.
 	wctx, stopWriter := context.WithCancel(ctx)
@@ -752,7 +755,7 @@ func crashDaemon(t *testing.T) {
 	// verifies, all are of one history (a kill never starts a new one), and the segments
 	// after the oldest snapshot chain with no gap and no overlap. It returns the history
 	// and the last revision stored in a segment. Where the segment the killed daemon
-	// stored last is still kept (retention keeps 4 snapshots), the restarted one's first
+	// stored last is still kept (retention keeps 2 snapshots), the restarted one's first
 	// segment must start right after it: each such restart is counted in joins.
 	var joins int
 	chain := func(stoppedAt int64) (history string, lastTo int64) {
@@ -791,12 +794,22 @@ func crashDaemon(t *testing.T) {
 		}
 		return oldest.History, prev.ToRev
 	}
-	var kills, inSave, prunes int
+	var kills, inSave, inPrune, prunes int
 	var stoppedAt int64 // the last revision the previous daemon stored in a segment
 	for kills < points {
 		d := startDaemon(t, env, "", args...)
 		waitLog(d, "elected: this daemon takes the snapshots") // the killed one's lease expires first
-		time.Sleep(time.Duration(rng.Int64N(int64(window))))
+		switch kills % 3 {
+		case 0:
+			time.Sleep(time.Duration(rng.Int64N(int64(window))))
+		case 1:
+			waitLog(d, `"msg":"snapshot started"`)
+			time.Sleep(time.Duration(rng.Int64N(int64(100 * time.Millisecond))))
+		case 2:
+			waitLog(d, `"msg":"snapshot pruned"`)
+			time.Sleep(time.Duration(rng.Int64N(int64(20 * time.Millisecond))))
+			inPrune++
+		}
 		if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -822,6 +835,10 @@ func crashDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = d.cmd.Wait()
+
+	if inSave == 0 || prunes == 0 {
+		t.Fatalf("%d kills, none during a save (%d) or no snapshot pruned (%d): the phases the test means to kill in were not reached", kills, inSave, prunes)
+	}
 
 	// The daemons' own election keys are revisions too: capture reaches at least the writer's last.
 	_, lastTo := chain(stoppedAt)
@@ -862,11 +879,11 @@ func crashDaemon(t *testing.T) {
 			must(cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithRev(rev))).Kvs)
 		p.Stop()
 	}
-	t.Logf("daemon: %d kills (%d during a save), %d snapshots pruned, %d verified; %d restarts seen to continue the chain at the next revision; restores at %d and %d equal etcd; took %s",
-		kills, inSave, prunes, len(verified), joins, last, mid, time.Since(start).Round(time.Millisecond))
+	t.Logf("daemon: %d kills (%d during a save, %d just after a prune deleted), %d snapshots pruned, %d verified; %d restarts seen to continue the chain at the next revision; restores at %d and %d equal etcd; took %s",
+		kills, inSave, inPrune, prunes, len(verified), joins, last, mid, time.Since(start).Round(time.Millisecond))
 	testharness.RecordFault(t, testharness.FaultRow{
 		Area: "daemon --delta (file://)", Fault: fmt.Sprintf("kill -9 at a random point while saving, pruning and capturing (seed %d)", seed), Tries: kills,
 		Result: fmt.Sprintf("every listed snapshot verified (%d); the delta chain had no gap and no duplicate after every kill, and %d restarts were seen to continue it at the next revision; "+
-			"restores at the last revision and a random one equal etcd key for key (%d kills during a save, %d snapshots pruned)", len(verified), joins, inSave, prunes),
+			"restores at the last revision and a random one equal etcd key for key (%d kills during a save, %d while pruning, %d snapshots pruned)", len(verified), joins, inSave, inPrune, prunes),
 	})
 }

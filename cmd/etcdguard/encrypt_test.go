@@ -3,19 +3,28 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/delta"
+	"github.com/etcdguard/etcdguard/delta/deltatest"
 	"github.com/etcdguard/etcdguard/internal/loadgen"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
+	"github.com/etcdguard/etcdguard/store/file"
 )
 
 // Client-side encryption end to end: what is stored is age ciphertext to the recipients
@@ -136,4 +145,116 @@ func getObject(t *testing.T, srv *testharness.S3Server, key string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// Point-in-time restore over encrypted delta segments: the daemon encrypts what it
+// captures; every stored segment is age ciphertext with no value of etcd in it; restore
+// --revision in the middle of the deltas needs the identity (a wrong one is refused before
+// anything is written, naming the recipients) and with it equals etcd at that revision.
+func TestE2EEncryptedPointInTime(t *testing.T) {
+	ctx := context.Background()
+	e := testharness.StartEtcd(t)
+	cli := e.Client(t)
+	dir := t.TempDir()
+	st, err := file.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := t.TempDir()
+	ops, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eve, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opsFile, eveFile := filepath.Join(keys, "ops.key"), filepath.Join(keys, "eve.key")
+	for path, id := range map[string]*age.X25519Identity{opsFile: ops, eveFile: eve} {
+		if err := os.WriteFile(path, []byte(id.String()+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := []string{"ETCDGUARD_ENDPOINTS=" + e.Endpoints[0], "ETCDGUARD_STORE=file://" + dir, "ETCDGUARD_CLUSTER=prod"}
+	d := startDaemon(t, env, "", "--schedule", "@every 1h", "--election-ttl", "2s", "--delta", "--delta-flush", "200ms",
+		"--encrypt-recipient", ops.Recipient().String()).cmd
+	waitFor(t, 30*time.Second, "the daemon's first snapshot", func() bool {
+		return len(listSnapshots(t, dir, "prod")) > 0
+	})
+	const marker = "delta-value-that-must-never-be-stored-in-the-clear"
+	for i := range 60 {
+		must(cli.Put(ctx, fmt.Sprintf("/registry/secrets/default/s%d", i%7), fmt.Sprintf("%s-%d", marker, i)))
+		if i%5 == 4 {
+			must(cli.Delete(ctx, fmt.Sprintf("/registry/secrets/default/s%d", i%3)))
+		}
+	}
+	last := must(cli.Get(ctx, "x")).Header.Revision
+	segs := deltatest.Stored(t, st, "prod", last)
+	d.Process.Signal(syscall.SIGTERM)
+	d.Wait()
+	// What is stored, file by file: listings name segments by revision only.
+	stored := 0
+	err = filepath.WalkDir(filepath.Join(dir, "prod", "deltas"), func(path string, de os.DirEntry, err error) error {
+		if err != nil || de.IsDir() {
+			return err
+		}
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(raw, []byte(marker)) {
+			t.Errorf("%s holds a value of etcd in the clear", path)
+		}
+		if strings.HasSuffix(path, ".json") {
+			if base := filepath.Base(path); base[0] < '0' || base[0] > '9' {
+				return nil // the history's own records (observed.json), not a segment's
+			}
+			var m delta.Manifest
+			if err := json.Unmarshal(raw, &m); err != nil || !strings.HasSuffix(m.Object, ".seg.zst.age") || !slices.Equal(m.Recipients, []string{ops.Recipient().String()}) {
+				t.Errorf("segment manifest %s: object %q, recipients %v (%v): want an .age object to %s", path, m.Object, m.Recipients, err, ops.Recipient())
+			}
+			return nil
+		}
+		stored++
+		if !strings.HasSuffix(path, ".seg.zst.age") || !bytes.HasPrefix(raw, []byte("age-encryption.org/v1\n")) {
+			t.Errorf("segment %s starts %q: want age ciphertext", path, raw[:min(len(raw), 24)])
+		}
+		return nil
+	})
+	if err != nil || stored < len(segs) {
+		t.Fatalf("%d segments stored, %d listed: %v", stored, len(segs), err)
+	}
+	var mid int64
+	for _, s := range segs {
+		if s.ToRev-s.FromRev >= 2 {
+			mid = (s.FromRev + s.ToRev) / 2
+		}
+	}
+	if mid == 0 {
+		t.Fatalf("no segment of three revisions or more among %d", len(segs))
+	}
+
+	ports := testharness.FreePorts(t, 2)
+	peer := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	restore := func(identity string) (result, string) {
+		dataDir := filepath.Join(t.TempDir(), "r.etcd")
+		return run(t, env, "restore", "--revision", fmt.Sprint(mid), "--name", "r", "--initial-cluster", "r="+peer, "--data-dir", dataDir, "--identity-file", identity), dataDir
+	}
+	r, dataDir := restore(eveFile)
+	if line := r.errorLine(t); r.code == 0 || !strings.Contains(line, ops.Recipient().String()) {
+		t.Fatalf("restore --revision with a wrong identity: exit %d, %q; want a refusal naming %s", r.code, line, ops.Recipient())
+	}
+	if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+		t.Fatalf("a refused restore left %s: %v", dataDir, err)
+	}
+	r, dataDir = restore(opsFile)
+	if r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("the restored state is revision %d", mid)) {
+		t.Fatalf("restore --revision %d with the identity: exit %d\n%s%s", mid, r.code, r.stdout, r.stderr)
+	}
+	p := testharness.StartEtcdProc(t, testharness.ProcConfig{Name: "r", DataDir: dataDir, PeerURL: peer, ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0])})
+	if err := p.WaitHealthy(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	sameKeys(t, must(newClient(t, []string{p.Endpoint()}).Get(ctx, "", clientv3.WithFromKey())).Kvs,
+		must(cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithRev(mid))).Kvs)
 }
