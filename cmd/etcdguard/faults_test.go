@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcdguard/etcdguard/delta"
 	"github.com/etcdguard/etcdguard/delta/deltatest"
 	"github.com/etcdguard/etcdguard/internal/testharness"
 	"github.com/etcdguard/etcdguard/snapshot"
@@ -146,4 +148,46 @@ func TestE2EStoreFaults(t *testing.T) {
 			Fault: string(f) + " on every request", Tries: tries,
 			Result: "each failed with one error line; no snapshot listed, no open upload, no data dir"})
 	}
+
+	// The daemon's delta flushes with every request failing for a while: capture says so,
+	// stores nothing (no segment, no open upload), and once the store answers again resumes
+	// from the last stored revision: the segments chain with no gap and no duplicate.
+	dp := startDaemon(t, env, "", append([]string{"--schedule", "@every 1h", "--election-ttl", "2s", "--delta", "--delta-flush", "200ms"}, common...)...)
+	deltatest.Stored(t, raw, "prod", must(cli.Put(ctx, "/registry/leases/kube-node-lease/flush", "0")).Header.Revision)
+	before := p.InjectedTotal()
+	p.Set(testharness.FaultRule{Rate: 1, Faults: []testharness.Fault{testharness.Fault500}, Phase: testharness.PhaseBefore})
+	latest := func() int64 {
+		m, err := delta.Latest(ctx, raw, "prod")
+		if err != nil || m == nil {
+			t.Fatalf("the last stored delta: %v %v", m, err)
+		}
+		return m.Revision
+	}
+	storedBefore := latest()
+	for i := range 100 {
+		last = must(cli.Put(ctx, fmt.Sprintf("/registry/leases/kube-node-lease/n%d", i%9), fmt.Sprint(i))).Header.Revision
+	}
+	waitFor(t, time.Minute, "the daemon to report the failing flush", func() bool {
+		b, _ := os.ReadFile(dp.log)
+		return bytes.Contains(b, []byte("delta capture interrupted"))
+	})
+	time.Sleep(time.Second)
+	if got := latest(); got != storedBefore {
+		t.Errorf("with every store request failing, the last stored delta moved from revision %d to %d", storedBefore, got)
+	}
+	if n, err := raw.AbortIncomplete(ctx, "", 0); err != nil || n != 0 {
+		t.Errorf("the failing flushes left %d open uploads (%v)", n, err)
+	}
+	tries := p.InjectedTotal() - before
+	p.Set()
+	segs := deltatest.Stored(t, raw, "prod", last)
+	for i := 1; i < len(segs); i++ {
+		if segs[i].FromRev != segs[i-1].ToRev+1 {
+			t.Fatalf("after the store came back, delta segments %d-%d and %d-%d: a gap or a duplicate", segs[i-1].FromRev, segs[i-1].ToRev, segs[i].FromRev, segs[i].ToRev)
+		}
+	}
+	dp.cmd.Process.Signal(syscall.SIGTERM)
+	dp.cmd.Wait()
+	testharness.RecordFault(t, testharness.FaultRow{Area: "daemon --delta (S3 versitygw)", Fault: "500 on every request for a while", Tries: tries,
+		Result: "capture reported it and stored nothing (no segment, no open upload); once the store answered it stored every revision, segments chained with no gap or duplicate"})
 }
