@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -374,5 +376,65 @@ func TestConcurrencyAndOptions(t *testing.T) {
 	}
 	if h := rc.headers["UploadPart"]; h.Get("X-Amz-Server-Side-Encryption") != "" {
 		t.Errorf("UploadPart sends SSE headers, which S3 refuses: %v", h)
+	}
+}
+
+// fakeIMDS serves EC2's instance metadata (IMDSv2) on loopback with a role whose keys are
+// the fake S3's: what the SDK's default chain reaches last, on a node with an instance role.
+func fakeIMDS(t *testing.T, srv *testharness.S3Server) string {
+	t.Helper()
+	creds := fmt.Sprintf(`{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":%q,"SecretAccessKey":%q,"Token":"t","Expiration":%q,"LastUpdated":%q}`,
+		srv.AccessKey, srv.SecretKey, time.Now().Add(6*time.Hour).UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339))
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch p := r.URL.Path; {
+		case r.Method == http.MethodPut && p == "/latest/api/token":
+			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds"))
+			io.WriteString(w, "token")
+		case strings.HasSuffix(p, "/iam/security-credentials/") || strings.HasSuffix(p, "/iam/security-credentials-extended/"):
+			io.WriteString(w, "node-role")
+		case strings.HasSuffix(p, "/node-role"):
+			io.WriteString(w, creds)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(ts.Close)
+	return ts.URL
+}
+
+// On a node with an instance role, a credentials file that lacks the profile must not let
+// the SDK fall back to the role (backups would run as the node, or fail as access denied
+// far from the cause): Open refuses, naming the file and the profile. Without such a
+// file the role is what the operator chose, and Open uses it. It changes the
+// environment, so it must not run in parallel.
+func TestOpenInstanceRoleFallback(t *testing.T) {
+	srv := testharness.StartFakeS3(t)
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	dir := t.TempDir()
+	t.Setenv("HOME", dir)
+	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
+	t.Setenv("AWS_REGION", srv.Region)
+	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", fakeIMDS(t, srv))
+	opts := store.Options{S3Endpoint: srv.Endpoint, S3PathStyle: true}
+
+	s, err := Open(t.Context(), srv.Bucket, "", opts)
+	if err != nil {
+		t.Fatalf("open with the instance role and no credentials file: %v", err)
+	}
+	if err := store.PutBytes(t.Context(), s, "k", []byte("v")); err != nil {
+		t.Fatalf("put with the instance role's keys: %v", err)
+	}
+
+	file := filepath.Join(dir, "credentials")
+	if err := os.WriteFile(file, []byte("[minio]\naws_access_key_id = a\naws_secret_access_key = b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", file)
+	_, err = Open(t.Context(), srv.Bucket, "", opts)
+	if err == nil || !strings.Contains(err.Error(), file+` has no credentials for AWS profile "default"`) || !strings.Contains(err.Error(), "instance role") {
+		t.Fatalf("open with a credentials file lacking the profile = %v, want a refusal naming %s and the profile", err, file)
 	}
 }
