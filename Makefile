@@ -77,7 +77,7 @@ fuzz:
 # TestSoak skips itself without ETCDGUARD_SOAK; `make test` never sets it.
 SOAK ?= 30m
 soak: build tools
-	ETCDGUARD_SOAK=$(SOAK) ETCDGUARD_BIN_DIR=$(CURDIR)/$(BIN) ETCDGUARD_RELIABILITY_LOG=$(RELIABILITY_LOG) \
+	ETCDGUARD_SOAK=$(SOAK) ETCDGUARD_SOAK_REPORT=$(CURDIR)/docs/soak.md ETCDGUARD_BIN_DIR=$(CURDIR)/$(BIN) ETCDGUARD_RELIABILITY_LOG=$(RELIABILITY_LOG) \
 		$(GO) test -count=1 -timeout 0 -v -run '^TestSoak$$' ./cmd/etcdguard/
 
 # The unit and in-process suites only (no subprocess or real S3 server).

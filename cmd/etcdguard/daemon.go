@@ -19,7 +19,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	save := &saveOptions{}
 	hooks := &alertFlags{}
 	var deltaMax string
-	var prune bool
+	var prune, catchUp bool
 	cmd := &cobra.Command{
 		Use:   "daemon --schedule CRON --cluster NAME --store URL [--listen :9479]",
 		Short: "Take scheduled snapshots (one elected member uploads), verify, prune, watch their age, serve /metrics",
@@ -31,7 +31,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 				return fmt.Errorf("invalid --delta-max-bytes: %w", err)
 			}
 			cfg.DeltaMaxBytes = int(n)
-			cfg.NoPrune = !prune
+			cfg.NoPrune, cfg.NoCatchUp = !prune, !catchUp
 			return runDaemon(cmd.Context(), g, cfg, save)
 		},
 	}
@@ -54,6 +54,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	f.StringVar(&deltaMax, "delta-max-bytes", "16MiB", "store a delta segment sooner once this much is buffered")
 	addSaveFlags(cmd, save)
 	addRetentionFlags(cmd, &cfg.Retention)
+	f.BoolVar(&catchUp, "catch-up", true, "when elected, snapshot at once if the newest snapshot is older than the schedule's interval (the last leader died during its run, or none led at the tick), or if there is none and --delta is off")
 	f.BoolVar(&prune, "prune", true, "apply the retention policy after each snapshot and abort stale uploads; false lets the daemon run without delete rights (see deploy/security.md) while `etcdguard snapshot prune` runs elsewhere")
 	return cmd
 }

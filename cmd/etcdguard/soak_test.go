@@ -30,6 +30,7 @@ import (
 // leader killed (-9) and restarted every few minutes. At the end, `restore --revision` at 20
 // random revisions spread over the run must equal etcd's `get --rev` key for key.
 //
+// With ETCDGUARD_SOAK_REPORT=<file> (make soak: docs/soak.md) a passing run writes its report there.
 // Knobs (all optional): ETCDGUARD_SOAK_RATE writes/s (default 50), ETCDGUARD_SOAK_FAULT_RATE
 // (0.05), ETCDGUARD_SOAK_KILL_EVERY (3m, or a third of a shorter run), ETCDGUARD_SOAK_RESTORES
 // (20), ETCDGUARD_SOAK_RESTORE_FAULTS=1 (restores behind the faults too), ETCDGUARD_FAULT_SEED
@@ -283,6 +284,13 @@ func TestSoak(t *testing.T) {
 	b.WriteString("\n")
 	t.Log(b.String())
 	fmt.Print(b.String())
+	if path := os.Getenv("ETCDGUARD_SOAK_REPORT"); path != "" && !t.Failed() {
+		doc := fmt.Sprintf("# Soak\n\nWritten by `make soak` (TestSoak, cmd/etcdguard/soak_test.go) on %s; do not edit.\n\n```\n%s```\n",
+			time.Now().UTC().Format("2006-01-02"), b.String())
+		if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+			t.Errorf("the soak report: %v", err)
+		}
+	}
 
 	result := fmt.Sprintf("nothing lost: %d restores at random revisions over %s equal etcd's get --rev key for key; the last revision stored", checked, dur)
 	for _, f := range testharness.AllFaults {

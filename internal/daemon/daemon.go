@@ -39,7 +39,10 @@ type Config struct {
 	Retention snapshot.Retention
 	// NoPrune leaves retention and the clean-up of interrupted uploads to another role
 	// (`etcdguard snapshot prune` with delete rights), so this one needs none.
-	NoPrune       bool
+	NoPrune bool
+	// NoCatchUp waits for the schedule's next tick after an election even when a tick was
+	// missed (see catchUp).
+	NoCatchUp     bool
 	Policy        alerting.Policy
 	ElectionTTL   time.Duration
 	CheckInterval time.Duration // freshness evaluation, on every node
@@ -273,6 +276,9 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	// holds must reach the receivers now, not at the next --check-interval.
 	term.start(func() { d.checkOnce(lctx) })
 	term.start(func() { d.abortStale(lctx) })
+	if !d.cfg.NoCatchUp {
+		term.start(func() { d.catchUp(lctx) })
+	}
 	// Delta capture runs under the term too, so two daemons never capture at once; but a
 	// graceful stop lets it drain (store what it buffered) while the lease still holds,
 	// and losing the lease stops it at once, writing nothing.
@@ -325,6 +331,46 @@ func (d *Daemon) abortStale(ctx context.Context) {
 	} else if n > 0 {
 		d.log.Info("aborted interrupted uploads", "count", n)
 	}
+}
+
+// catchUp takes a snapshot at once when a new term finds a scheduled one missed: the
+// newest usable snapshot is older than the schedule's interval, because the last leader
+// died during its run or no daemon led at the tick. Waiting for the next tick would leave
+// up to two intervals without one. A store with none gets its first now, unless delta
+// capture, which starts a history with a full snapshot of its own, is about to.
+func (d *Daemon) catchUp(ctx context.Context) {
+	now := time.Now()
+	next := d.schedule.Next(now)
+	interval := d.schedule.Next(next).Sub(next)
+	lctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	list, err := snapshot.List(lctx, d.cfg.Store, d.cfg.Cluster)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn("cannot tell whether a scheduled snapshot was missed; the schedule goes on", "err", err)
+		}
+		return
+	}
+	newest := snapshot.Newest(list)
+	switch {
+	case newest == nil && d.cfg.Delta:
+		return
+	case newest != nil && now.Sub(newest.CreatedAt) <= interval:
+		return
+	case next.Sub(now) < interval/10: // the tick is about to take it
+		return
+	}
+	if !d.running.TryLock() {
+		return
+	}
+	defer d.running.Unlock()
+	if newest == nil {
+		d.log.Info("catch-up snapshot: the store holds no usable snapshot of this cluster", "next_scheduled", next)
+	} else {
+		d.log.Info("catch-up snapshot: the newest is older than the schedule's interval (a tick was missed)",
+			"newest", newest.ID, "age", now.Sub(newest.CreatedAt).Round(time.Second).String(), "interval", interval.String())
+	}
+	d.snapshotRun(ctx)
 }
 
 // scheduleLoop runs a snapshot at each tick of the schedule, if this daemon leads, under

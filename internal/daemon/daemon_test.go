@@ -86,6 +86,9 @@ func testConfig(e *testharness.Etcd, st store.Store, schedule string, notifiers 
 		Schedule: schedule, Save: snapshot.SaveOptions{Compression: "zstd", Level: "fastest"},
 		Retention: snapshot.Retention{Last: 100}, Policy: alerting.Policy{MaxAge: 5 * time.Hour},
 		ElectionTTL: 2 * time.Second, CheckInterval: 200 * time.Millisecond, Notifiers: notifiers, AlertRepeat: time.Hour,
+		// These tests place stale or missing snapshots on purpose and watch what follows;
+		// TestCatchUp covers the snapshot a new leader takes at once for them.
+		NoCatchUp: true,
 	}
 }
 
@@ -165,6 +168,69 @@ func amEndsAt(t *testing.T, body string) time.Time {
 		t.Fatalf("an Alertmanager post with %d alerts (%v): %s", len(alerts), err, body)
 	}
 	return alerts[0].EndsAt
+}
+
+// putManifest stores a snapshot's manifest (and a stand-in object) created at, as a daemon
+// long gone would have left it.
+func putManifest(t *testing.T, st store.Store, at time.Time) {
+	t.Helper()
+	id := at.UTC().Format("20060102T150405Z") + "-000000"
+	m, _ := json.Marshal(snapshot.Manifest{ID: id, Cluster: "prod", CreatedAt: at.UTC(), Object: "prod/snapshots/" + id + ".db.zst"})
+	for key, data := range map[string][]byte{"prod/snapshots/" + id + ".db.zst": []byte("x"), "prod/snapshots/" + id + ".json": m} {
+		if err := store.PutBytes(context.Background(), st, key, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A new leader that finds a scheduled snapshot missed (the newest older than the
+// schedule's interval: the last leader died during its run, or none led at the tick)
+// takes one at once instead of at the next tick, an hour away here; one that finds a
+// fresh snapshot waits for the tick. With none at all it takes the first, unless delta
+// capture is on, whose new history starts with a full snapshot of its own: one, not two.
+func TestCatchUp(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		newest time.Duration // age of the snapshot already stored; 0: none
+		delta  bool
+		want   int // snapshots stored by the new leader
+	}{
+		{name: "missed tick", newest: 3 * time.Hour, want: 1},
+		{name: "fresh", newest: 10 * time.Minute, want: 0},
+		{name: "none", want: 1},
+		{name: "none, delta", delta: true, want: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := testharness.StartEtcd(t)
+			st, err := file.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			had := 0
+			if tc.newest > 0 {
+				putManifest(t, st, time.Now().Add(-tc.newest))
+				had = 1
+			}
+			cfg := testConfig(e, st, "@every 1h")
+			cfg.NoCatchUp, cfg.Delta, cfg.DeltaFlush = false, tc.delta, 200*time.Millisecond
+			d := runDaemon(t, cfg)
+			count := func() int { return len(must(snapshot.List(context.Background(), st, "prod"))) - had }
+			for deadline := time.Now().Add(20 * time.Second); count() < tc.want; time.Sleep(50 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the new leader stored %d snapshots within 20s, want %d", count(), tc.want)
+				}
+			}
+			for deadline := time.Now().Add(5 * time.Second); !d.leader.Load(); time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the daemon was not elected within 5s")
+				}
+			}
+			time.Sleep(3 * time.Second) // anything more it would take, it takes in this time
+			if got := count(); got != tc.want {
+				t.Fatalf("the new leader stored %d snapshots, want %d", got, tc.want)
+			}
+		})
+	}
 }
 
 // A new install has no snapshot until its first scheduled one: that must not page (the
