@@ -685,8 +685,8 @@ func crashDelUndo(t *testing.T) {
 	})
 }
 
-// crashDaemon kills the daemon (--delta, a snapshot every second, keep-last 2 so each run
-// prunes) at random points while a writer changes etcd, and restarts it. The points rotate
+// crashDaemon kills the daemon (--delta, a snapshot every second, keep-last 4 so runs
+// prune) at random points while a writer changes etcd, and restarts it. The points rotate
 // over three phases, so each is hit whatever the machine's speed: any time in the first
 // runs, just after a save started, and just after retention deleted a snapshot (while it
 // prunes the rest and the delta segments it no longer needs). After each kill
@@ -712,7 +712,7 @@ func crashDaemon(t *testing.T) {
 	const cluster = "crashd"
 	env := []string{"ETCDGUARD_ENDPOINTS=" + e.Endpoints[0], "ETCDGUARD_CLUSTER=" + cluster, "ETCDGUARD_STORE=file://" + dir}
 	args := []string{"--schedule", "@every 1s", "--election-ttl", "2s", "--delta", "--delta-flush", "200ms",
-		"--keep-last", "2", "--keep-hourly", "0", "--keep-daily", "0", "--keep-weekly", "0"}
+		"--keep-last", "4", "--keep-hourly", "0", "--keep-daily", "0", "--keep-weekly", "0"}
 
 	// The writer: puts, overwrites and deletes, some in transactions, about 100 revisions a second.
 	wctx, stopWriter := context.WithCancel(ctx)
@@ -755,7 +755,7 @@ func crashDaemon(t *testing.T) {
 	// verifies, all are of one history (a kill never starts a new one), and the segments
 	// after the oldest snapshot chain with no gap and no overlap. It returns the history
 	// and the last revision stored in a segment. Where the segment the killed daemon
-	// stored last is still kept (retention keeps 2 snapshots), the restarted one's first
+	// stored last is still kept (retention keeps 4 snapshots), the restarted one's first
 	// segment must start right after it: each such restart is counted in joins.
 	var joins int
 	chain := func(stoppedAt int64) (history string, lastTo int64) {
@@ -836,8 +836,8 @@ func crashDaemon(t *testing.T) {
 	}
 	_ = d.cmd.Wait()
 
-	if inSave == 0 || prunes == 0 {
-		t.Fatalf("%d kills, none during a save (%d) or no snapshot pruned (%d): the phases the test means to kill in were not reached", kills, inSave, prunes)
+	if inSave == 0 || prunes == 0 || joins == 0 {
+		t.Fatalf("%d kills: %d during a save, %d snapshots pruned, %d restarts seen to continue the chain: what the test means to prove was not reached", kills, inSave, prunes, joins)
 	}
 
 	// The daemons' own election keys are revisions too: capture reaches at least the writer's last.
@@ -884,6 +884,6 @@ func crashDaemon(t *testing.T) {
 	testharness.RecordFault(t, testharness.FaultRow{
 		Area: "daemon --delta (file://)", Fault: fmt.Sprintf("kill -9 at a random point while saving, pruning and capturing (seed %d)", seed), Tries: kills,
 		Result: fmt.Sprintf("every listed snapshot verified (%d); the delta chain had no gap and no duplicate after every kill, and %d restarts were seen to continue it at the next revision; "+
-			"restores at the last revision and a random one equal etcd key for key (%d kills during a save, %d while pruning, %d snapshots pruned)", len(verified), joins, inSave, inPrune, prunes),
+			"restores at the last revision and a random one equal etcd key for key (%d kills during a save, %d just after retention deleted a snapshot, %d snapshots pruned)", len(verified), joins, inSave, inPrune, prunes),
 	})
 }

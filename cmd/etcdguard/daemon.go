@@ -54,7 +54,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	f.StringVar(&deltaMax, "delta-max-bytes", "16MiB", "store a delta segment sooner once this much is buffered")
 	addSaveFlags(cmd, save)
 	addRetentionFlags(cmd, &cfg.Retention)
-	f.BoolVar(&catchUp, "catch-up", true, "when elected, snapshot at once if the newest snapshot is older than the schedule's interval (the last leader died during its run, or none led at the tick), or if there is none and --delta is off")
+	f.BoolVar(&catchUp, "catch-up", true, "when elected, snapshot at once if a tick of --schedule fell after the newest snapshot (the last leader died during its run, or none led at the tick) or there is none")
 	f.BoolVar(&prune, "prune", true, "apply the retention policy after each snapshot and abort stale uploads; false lets the daemon run without delete rights (see deploy/security.md) while `etcdguard snapshot prune` runs elsewhere")
 	return cmd
 }

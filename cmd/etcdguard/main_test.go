@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/etcdguard/etcdguard/internal/testharness"
 )
@@ -86,7 +87,16 @@ func run(t *testing.T, env []string, args ...string) result {
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "AWS_EC2_METADATA_DISABLED=true"}, env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// A command that hangs is a bug to show, not a test binary's timeout 25 minutes later
+	// with nothing of the process: SIGQUIT makes Go print every goroutine's stack.
+	hung := time.AfterFunc(testharness.Budget(runTimeout), func() { cmd.Process.Signal(syscall.SIGQUIT) })
+	err := cmd.Wait()
+	if !hung.Stop() {
+		t.Fatalf("etcdguard %s hung for %s; its goroutines:\n%s", strings.Join(args, " "), testharness.Budget(runTimeout), stderr.String())
+	}
 	code := 0
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -96,6 +106,10 @@ func run(t *testing.T, env []string, args ...string) result {
 	}
 	return result{stdout.String(), stderr.String(), code}
 }
+
+// runTimeout is the longest a command run by a test may take (before the race detector's
+// stretch): the slowest, a restore of tens of MiB through injected faults, takes seconds.
+const runTimeout = 2 * time.Minute
 
 // errorLine returns the one error line etcdguard prints, failing if there is not exactly one.
 func (r result) errorLine(t *testing.T) string {

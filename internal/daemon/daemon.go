@@ -73,6 +73,10 @@ func ParseSchedule(spec string) (s cron.Schedule, err error) {
 	if s, err = p.Parse(spec); err != nil {
 		return nil, invalid(err)
 	}
+	// "0 0 30 2 *" parses, but has no next time: the schedule loop would spin.
+	if s.Next(time.Now()).IsZero() {
+		return nil, invalid(errors.New("it names no date that exists"))
+	}
 	return s, nil
 }
 
@@ -111,6 +115,8 @@ type Daemon struct {
 	// EtcdSnapshotMissing after 75 minutes, even if someone deleted that record too.
 	lastUsable *snapshot.Manifest
 	deltaLost  atomic.Pointer[deltaEvent] // the last loss of revisions to compaction
+	// lastCatchUp is when a term last tried to catch up a missed snapshot (catchUp).
+	lastCatchUp atomic.Pointer[time.Time]
 }
 
 // New checks the configuration; Run starts the work.
@@ -276,9 +282,6 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	// holds must reach the receivers now, not at the next --check-interval.
 	term.start(func() { d.checkOnce(lctx) })
 	term.start(func() { d.abortStale(lctx) })
-	if !d.cfg.NoCatchUp {
-		term.start(func() { d.catchUp(lctx) })
-	}
 	// Delta capture runs under the term too, so two daemons never capture at once; but a
 	// graceful stop lets it drain (store what it buffered) while the lease still holds,
 	// and losing the lease stops it at once, writing nothing.
@@ -290,8 +293,15 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 			stopCapture(context.Cause(lctx))
 		}
 	})
-	if !d.cfg.Delta || !term.start(func() { defer close(captured); d.captureDeltas(cctx, cli, drain) }) {
+	var resumed chan struct{} // closed once capture has resumed (catchUp waits for it)
+	if d.cfg.Delta {
+		resumed = make(chan struct{})
+	}
+	if !d.cfg.Delta || !term.start(func() { defer close(captured); d.captureDeltas(cctx, cli, drain, resumed) }) {
 		close(captured)
+	}
+	if !d.cfg.NoCatchUp {
+		term.start(func() { d.catchUp(lctx, resumed) })
 	}
 	select {
 	case <-ctx.Done():
@@ -333,44 +343,77 @@ func (d *Daemon) abortStale(ctx context.Context) {
 	}
 }
 
-// catchUp takes a snapshot at once when a new term finds a scheduled one missed: the
-// newest usable snapshot is older than the schedule's interval, because the last leader
-// died during its run or no daemon led at the tick. Waiting for the next tick would leave
-// up to two intervals without one. A store with none gets its first now, unless delta
-// capture, which starts a history with a full snapshot of its own, is about to.
-func (d *Daemon) catchUp(ctx context.Context) {
-	now := time.Now()
-	next := d.schedule.Next(now)
-	interval := d.schedule.Next(next).Sub(next)
+// catchUp takes a snapshot at once when a new term finds a scheduled one missed: a tick
+// of the schedule fell after the newest usable snapshot, because the last leader died
+// during its run or no daemon led at the tick. Waiting for the next tick would leave up to
+// two intervals (a day, on a daily schedule) without one. A store with none gets its first
+// now. With delta capture it waits until capture has resumed first: capture starts a new
+// history (after a restore, or past a compaction) with a full snapshot of its own, which
+// then counts. It tries again, spaced out, until the schedule's next tick takes over.
+func (d *Daemon) catchUp(ctx context.Context, captureResumed <-chan struct{}) {
+	if captureResumed != nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-captureResumed:
+		case <-time.After(catchUpSpacing): // capture keeps failing: try anyway
+		}
+	}
+	tick := d.schedule.Next(time.Now())
+	for attempt := 0; ; attempt++ {
+		// Spaced from the last attempt, of this term or an earlier one: terms that come and
+		// go with a flapping lease must not each start a full snapshot of a struggling etcd.
+		if last := d.lastCatchUp.Load(); last != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(last.Add(catchUpSpacing << min(attempt, 4)))):
+			}
+		}
+		if !time.Now().Before(tick) {
+			return // the schedule's tick has come: it goes on from here
+		}
+		if done := d.catchUpOnce(ctx); done || ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// catchUpSpacing is the least time between two catch-up attempts (doubling on failures).
+const catchUpSpacing = 30 * time.Second
+
+// catchUpOnce decides and, if a tick was missed, snapshots, holding d.running throughout:
+// a scheduled run or capture's snapshot that ended a moment ago is seen in the listing,
+// and one that runs now is left to finish. It says whether catching up is over.
+func (d *Daemon) catchUpOnce(ctx context.Context) (done bool) {
+	if !d.running.TryLock() {
+		return true // a snapshot is being taken
+	}
+	defer d.running.Unlock()
 	lctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	list, err := snapshot.List(lctx, d.cfg.Store, d.cfg.Cluster)
 	cancel()
+	now := time.Now()
 	if err != nil {
 		if ctx.Err() == nil {
-			d.log.Warn("cannot tell whether a scheduled snapshot was missed; the schedule goes on", "err", err)
+			d.log.Warn("cannot tell whether a scheduled snapshot was missed; trying again", "err", err)
+			d.lastCatchUp.Store(&now)
 		}
-		return
+		return false
 	}
 	newest := snapshot.Newest(list)
-	switch {
-	case newest == nil && d.cfg.Delta:
-		return
-	case newest != nil && now.Sub(newest.CreatedAt) <= interval:
-		return
-	case next.Sub(now) < interval/10: // the tick is about to take it
-		return
+	// Exact for any schedule: the tick that follows the newest snapshot has passed.
+	if newest != nil && !d.schedule.Next(newest.CreatedAt).Before(now) {
+		return true
 	}
-	if !d.running.TryLock() {
-		return
-	}
-	defer d.running.Unlock()
 	if newest == nil {
-		d.log.Info("catch-up snapshot: the store holds no usable snapshot of this cluster", "next_scheduled", next)
+		d.log.Info("catch-up snapshot: the store holds no usable snapshot of this cluster")
 	} else {
-		d.log.Info("catch-up snapshot: the newest is older than the schedule's interval (a tick was missed)",
-			"newest", newest.ID, "age", now.Sub(newest.CreatedAt).Round(time.Second).String(), "interval", interval.String())
+		d.log.Info("catch-up snapshot: a scheduled snapshot was missed", "newest", newest.ID,
+			"missed_tick", d.schedule.Next(newest.CreatedAt).UTC().Format(time.RFC3339))
 	}
-	d.snapshotRun(ctx)
+	d.lastCatchUp.Store(&now)
+	return d.snapshotRun(ctx)
 }
 
 // scheduleLoop runs a snapshot at each tick of the schedule, if this daemon leads, under
@@ -431,7 +474,8 @@ func (d *Daemon) save(ctx context.Context, history string) (*snapshot.Manifest, 
 }
 
 // captureDeltas writes the keyspace's changes as delta segments while this daemon leads.
-func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client, drain <-chan struct{}) {
+func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client, drain <-chan struct{}, resumed chan struct{}) {
+	var resume sync.Once
 	c := &delta.Capturer{
 		Cli: cli, Store: d.cfg.Store, Cluster: d.cfg.Cluster, Flush: d.cfg.DeltaFlush, MaxBytes: d.cfg.DeltaMaxBytes, Drain: drain,
 		Snapshot: func(ctx context.Context, history string) (*snapshot.Manifest, error) {
@@ -441,6 +485,7 @@ func (d *Daemon) captureDeltas(ctx context.Context, cli *clientv3.Client, drain 
 		},
 		OnSegment: func(m *delta.Manifest) { d.m.deltaSegments.Inc() },
 		OnProgress: func(rev int64, lag time.Duration, stored bool) {
+			resume.Do(func() { close(resumed) })
 			d.m.deltaRevision.Set(float64(rev))
 			d.m.deltaLag.Set(lag.Seconds())
 			if stored { // storing works again (an idle cluster writes no segment to say so)
@@ -495,26 +540,26 @@ func (d *Daemon) deltaAlerts(now time.Time) []alerting.Alert {
 	return out
 }
 
-// snapshotRun saves, optionally verifies, then prunes. Retention never runs after a
-// failed save or verification.
-func (d *Daemon) snapshotRun(ctx context.Context) {
+// snapshotRun saves, optionally verifies, then prunes, and says whether all of it
+// succeeded. Retention never runs after a failed save or verification.
+func (d *Daemon) snapshotRun(ctx context.Context) bool {
 	start := time.Now()
 	m, err := d.save(ctx, "")
 	if errors.Is(err, errNoEtcd) {
 		d.fail("etcd", err)
-		return
+		return false
 	}
 	if errors.Is(err, crypt.ErrPolicy) { // not the store's fault: its config's
 		d.fail("encryption", err)
-		return
+		return false
 	}
 	if err != nil {
 		if ctx.Err() != nil {
 			d.log.Info("snapshot cancelled; nothing partial was left", "why", context.Cause(ctx), "err", err)
-			return
+			return false
 		}
 		d.fail("store", err)
-		return
+		return false
 	}
 	d.m.duration.Observe(time.Since(start).Seconds())
 	d.m.sizeRaw.Set(float64(m.DBSize))
@@ -523,24 +568,24 @@ func (d *Daemon) snapshotRun(ctx context.Context) {
 		rep, err := snapshot.Verify(ctx, d.cfg.Store, m)
 		if err != nil {
 			d.fail("verify", err)
-			return
+			return false
 		}
 		// A failure is recorded too: it keeps the snapshot from counting as fresh, from
 		// restores and from retention's slots.
 		if err := snapshot.RecordVerification(ctx, d.cfg.Store, rep); err != nil {
 			d.fail("store", err)
-			return
+			return false
 		}
 		if !rep.OK {
 			d.fail("verify", fmt.Errorf("snapshot %s failed verification: %v", m.ID, rep.Problems))
-			return
+			return false
 		}
 	}
 	if !d.cfg.NoPrune {
 		ds, err := snapshot.Prune(ctx, d.cfg.Store, d.cfg.Cluster, d.cfg.Retention, time.Now(), false)
 		if err != nil {
 			d.fail("retention", err)
-			return
+			return false
 		}
 		for _, dec := range ds {
 			if !dec.Keep {
@@ -549,12 +594,13 @@ func (d *Daemon) snapshotRun(ctx context.Context) {
 		}
 		if _, err := delta.Prune(ctx, d.cfg.Store, d.cfg.Cluster, ds, false); err != nil {
 			d.fail("retention", err)
-			return
+			return false
 		}
 	}
 	d.failing.Store(0)
 	d.m.failingInARow.Set(0)
 	d.checkOnce(ctx)
+	return true
 }
 
 func (d *Daemon) fail(reason string, err error) {

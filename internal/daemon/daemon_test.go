@@ -183,11 +183,11 @@ func putManifest(t *testing.T, st store.Store, at time.Time) {
 	}
 }
 
-// A new leader that finds a scheduled snapshot missed (the newest older than the
-// schedule's interval: the last leader died during its run, or none led at the tick)
-// takes one at once instead of at the next tick, an hour away here; one that finds a
-// fresh snapshot waits for the tick. With none at all it takes the first, unless delta
-// capture is on, whose new history starts with a full snapshot of its own: one, not two.
+// A new leader that finds a scheduled snapshot missed (a tick fell after the newest: the
+// last leader died during its run, or none led at the tick) takes one at once instead of
+// at the next tick, an hour away here; one that finds a fresh snapshot waits for the tick.
+// With none at all it takes the first. Where delta capture starts a history with a full
+// snapshot of its own, that one counts: one snapshot, not two.
 func TestCatchUp(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -199,6 +199,8 @@ func TestCatchUp(t *testing.T) {
 		{name: "fresh", newest: 10 * time.Minute, want: 0},
 		{name: "none", want: 1},
 		{name: "none, delta", delta: true, want: 1},
+		// Capture finds a snapshot of no history and starts one with a full snapshot.
+		{name: "missed tick, delta", newest: 3 * time.Hour, delta: true, want: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := testharness.StartEtcd(t)
