@@ -50,7 +50,7 @@ func runSnapshotSave(ctx context.Context, g *globalOptions, o *saveOptions) erro
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
+	defer etcdclient.Close(cli)
 	if len(g.etcd.Endpoints) > 1 {
 		fmt.Fprintf(g.stderr, "snapshotting member %x at %s (first healthy of %d endpoints)\n",
 			status.Header.MemberId, endpoint, len(g.etcd.Endpoints))

@@ -242,7 +242,7 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
+	defer etcdclient.Close(cli)
 	granted := time.Now()
 	lease, err := cli.Grant(ctx, int64(d.cfg.ElectionTTL.Seconds()))
 	if err != nil {
@@ -463,7 +463,7 @@ func (d *Daemon) save(ctx context.Context, history string) (*snapshot.Manifest, 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errNoEtcd, err)
 	}
-	defer cli.Close()
+	defer etcdclient.Close(cli)
 	opts := d.cfg.Save
 	opts.Endpoint = endpoint
 	opts.History = delta.Identify(cli, d.cfg.Store, d.cfg.Cluster)
