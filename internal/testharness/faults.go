@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand"
 	"net"
 	"net/http"
@@ -134,7 +135,6 @@ type FaultProxy struct {
 	matched    []int // per rule: matching requests so far (for Nth)
 	requests   int
 	ops        map[S3Op]int
-	injected   map[Fault]int
 	injections []Injection
 }
 
@@ -180,7 +180,6 @@ func StartS3FaultProxy(t testing.TB, upstream *S3Server, seed int64) *FaultProxy
 		done:     make(chan struct{}),
 		rng:      rand.New(rand.NewSource(seed)),
 		ops:      map[S3Op]int{},
-		injected: map[Fault]int{},
 	}
 	p.srv = &http.Server{Handler: p, ReadHeaderTimeout: time.Minute, ErrorLog: nil}
 	go p.srv.Serve(l)
@@ -223,9 +222,9 @@ func (p *FaultProxy) Set(rules ...FaultRule) {
 func (p *FaultProxy) Injected() map[Fault]int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	m := make(map[Fault]int, len(p.injected))
-	for f, n := range p.injected {
-		m[f] = n
+	m := map[Fault]int{}
+	for _, in := range p.injections {
+		m[in.Fault]++
 	}
 	return m
 }
@@ -269,11 +268,7 @@ func (p *FaultProxy) Requests() int {
 func (p *FaultProxy) Ops() map[S3Op]int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	m := make(map[S3Op]int, len(p.ops))
-	for o, n := range p.ops {
-		m[o] = n
-	}
-	return m
+	return maps.Clone(p.ops)
 }
 
 // ClassifyS3 names the S3 operation of a path-style request.
@@ -387,7 +382,6 @@ func containsOp(ops []S3Op, op S3Op) bool {
 func (p *FaultProxy) record(in Injection) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.injected[in.Fault]++
 	p.injections = append(p.injections, in)
 }
 
