@@ -271,6 +271,9 @@ func readConfig(path string, root *cobra.Command) (map[string]string, error) {
 // yamlLine finds the line numbers in a YAML parser's message.
 var yamlLine = regexp.MustCompile(`line \d+`)
 
+// flagLike matches what a flag's name could be, so an unknown key that matches is safe to quote.
+var flagLike = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
 // parseConfig reads a config file's contents. Each value is its text as written, as it
 // would be given to the flag (0123 stays 0123, no stays no: YAML's typing would turn a
 // password 0123 into 83), a list is its items joined by commas, and a value that is a
@@ -323,6 +326,11 @@ func parseConfig(path string, b []byte, root *cobra.Command) (map[string]string,
 		kn, vn := top.Content[i], resolveAlias(top.Content[i+1])
 		k := kn.Value
 		if kn.Kind != yaml.ScalarNode || !known[k] {
+			if !flagLike.MatchString(k) {
+				// A key no flag could have is likely a line gone wrong, such as
+				// "password:hunter2: x" with no space: quoting it could print a secret.
+				return nil, fmt.Errorf("config file %s: line %d: unknown key (not a flag name: keys are flag names such as endpoints, store, cluster, each followed by \": \")", path, kn.Line)
+			}
 			return nil, fmt.Errorf("config file %s: line %d: unknown key %q (keys are flag names, e.g. endpoints, store, cluster)", path, kn.Line, k)
 		}
 		if first, ok := lines[k]; ok {

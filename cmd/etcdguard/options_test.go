@@ -23,6 +23,11 @@ func TestSettingPrecedence(t *testing.T) {
 	if err := os.WriteFile(versionCfg, []byte("store: file:///from-config\nversion: true\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A missing space after a key's colon folds the value into the key: that key is not quoted.
+	foldedCfg := filepath.Join(t.TempDir(), "folded.yaml")
+	if err := os.WriteFile(foldedCfg, []byte("store: file:///from-config\npassword:hunter2: x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name      string
 		env       map[string]string
@@ -48,6 +53,7 @@ func TestSettingPrecedence(t *testing.T) {
 			endpoints: []string{"127.0.0.1:2379"}},
 		{name: "unknown config key", args: []string{"--config", cfg}, wantErr: `unknown key "schedule-unknown-to-version"`},
 		{name: "version is no config key", args: []string{"--config", versionCfg}, wantErr: `unknown key "version"`},
+		{name: "key holding a secret is not quoted", args: []string{"--config", foldedCfg}, wantErr: `line 2: unknown key (not a flag name`},
 		{name: "missing config file", args: []string{"--config", "/nonexistent.yaml"}, wantErr: "reading config file"},
 		{name: "bad env value", env: map[string]string{"ETCDGUARD_DIAL_TIMEOUT": "soon"}, wantErr: "invalid ETCDGUARD_DIAL_TIMEOUT for --dial-timeout"},
 		{name: "bad output", args: []string{"-o", "yaml"}, wantErr: `unknown --output "yaml"`},
