@@ -6,8 +6,6 @@ package restore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -95,6 +92,8 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 			}
 		}
 	}
+	own := newOwner()
+	defer own.release() // after the clean-up below: the lock outlives what it guards
 
 	// Everything this restore creates is recorded, and removed again on any failure.
 	var created []string
@@ -120,6 +119,9 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 			if top != "" {
 				created = append(created, top)
 			}
+			if err := own.claim(dir); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := checkSpace(opts.Members, m.DBSize+replayGrowth(opts.Deltas)); err != nil {
@@ -127,7 +129,7 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 	}
 
 	// The raw snapshot goes next to the first member, on the disk that must hold it anyway.
-	dbPath := tempName(opts.Members[0].DataDir) + ".db"
+	dbPath := own.tempName(opts.Members[0].DataDir) + ".db"
 	created = append(created, dbPath)
 	start := time.Now()
 	if err := download(ctx, st, m, dbPath); err != nil {
@@ -152,10 +154,10 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 	// hidden temp dirs, and nothing is renamed into place until every one succeeded.
 	tmps := make([]Member, len(opts.Members))
 	for i, mem := range opts.Members {
-		tmps[i] = Member{Name: mem.Name, PeerURLs: mem.PeerURLs, DataDir: tempName(mem.DataDir)}
+		tmps[i] = Member{Name: mem.Name, PeerURLs: mem.PeerURLs, DataDir: own.tempName(mem.DataDir)}
 		created = append(created, tmps[i].DataDir)
 		if mem.WALDir != "" {
-			tmps[i].WALDir = tempName(mem.WALDir)
+			tmps[i].WALDir = own.tempName(mem.WALDir)
 			created = append(created, tmps[i].WALDir)
 		}
 	}
@@ -396,52 +398,6 @@ func tightenModes(dir string) error {
 		}
 		return nil
 	})
-}
-
-// tempName is a hidden sibling of target, on the same filesystem so the final rename is
-// atomic. It names this process, so a later restore can tell a killed one's leftovers
-// from a running one's.
-func tempName(target string) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	target = filepath.Clean(target)
-	return filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".etcdguard-"+strconv.Itoa(os.Getpid())+"-"+hex.EncodeToString(b[:]))
-}
-
-// removeLeftovers removes what restores into target that were killed (kill -9, a power
-// cut) left beside it: a hidden data dir as big as the snapshot plus a 64 MiB WAL, and
-// the downloaded snapshot. Nothing else ever would, and each retry after a crash would
-// leave more, until the disk is too full to restore. Only the leftovers of processes
-// that no longer exist go; a failure to remove one is logged, not fatal.
-func removeLeftovers(ctx context.Context, target string) {
-	target = filepath.Clean(target)
-	parent, prefix := filepath.Dir(target), "."+filepath.Base(target)+".etcdguard-"
-	des, err := os.ReadDir(parent)
-	if err != nil {
-		return // no parent, no leftovers; an unreadable one fails the restore later, with its name
-	}
-	for _, de := range des {
-		rest, ok := strings.CutPrefix(de.Name(), prefix)
-		if !ok {
-			continue
-		}
-		pid, _, ok := strings.Cut(rest, "-")
-		n, err := strconv.Atoi(pid)
-		if !ok || err != nil || n <= 0 || n == os.Getpid() || processExists(n) {
-			continue // a running restore's, or named before names carried the pid
-		}
-		p := filepath.Join(parent, de.Name())
-		if err := os.RemoveAll(p); err != nil {
-			slog.WarnContext(ctx, "could not remove what a killed restore left", "path", p, "err", err)
-			continue
-		}
-		slog.InfoContext(ctx, "removed what a killed restore left", "path", p)
-	}
-}
-
-func processExists(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // moveIntoPlace renames a finished dir to its target; an empty target dir is replaced.

@@ -311,7 +311,16 @@ func TestRestoreTargets(t *testing.T) {
 		killed := fmt.Sprintf(".r1.etcd.etcdguard-%d-0badc0de", dead)
 		running := fmt.Sprintf(".r1.etcd.etcdguard-%d-00c0ffee", live)
 		unknown := ".r1.etcd.etcdguard-deadbeef" // no pid in it: cannot tell, kept
-		for _, d := range []string{killed, running, unknown} {
+		// Named under a lock: kept while a process holds it, whatever its PID namespace.
+		killedLocked, runningLocked, unlocked := ".r1.etcd.etcdguard-r0000000000a1-0badc0de", ".r1.etcd.etcdguard-r0000000000b2-00c0ffee", ".r1.etcd.etcdguard-r0000000000c3-feedf00d"
+		os.WriteFile(filepath.Join(parent, ".r1.etcd.etcdguard-r0000000000a1.lock"), nil, 0o600)
+		held := filepath.Join(parent, ".r1.etcd.etcdguard-r0000000000b2.lock")
+		hf := must(os.Create(held))
+		defer hf.Close()
+		if err := syscall.Flock(int(hf.Fd()), syscall.LOCK_EX); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []string{killed, running, unknown, killedLocked, runningLocked, unlocked} {
 			os.MkdirAll(filepath.Join(parent, d, "member", "snap"), 0o700)
 			os.WriteFile(filepath.Join(parent, d, "member", "snap", "db"), []byte("half"), 0o600)
 		}
@@ -320,7 +329,7 @@ func TestRestoreTargets(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := entries(t, parent)
-		want := []string{running, unknown, "r1.etcd"}
+		want := []string{running, unknown, runningLocked, filepath.Base(held), "r1.etcd"}
 		slices.Sort(want)
 		if !slices.Equal(got, want) {
 			t.Fatalf("parent holds %v, want %v", got, want)
