@@ -54,7 +54,7 @@ func newDaemonCommand(g *globalOptions) *cobra.Command {
 	f.StringVar(&deltaMax, "delta-max-bytes", "16MiB", "store a delta segment sooner once this much is buffered")
 	addSaveFlags(cmd, save)
 	addRetentionFlags(cmd, &cfg.Retention)
-	f.BoolVar(&catchUp, "catch-up", true, "when elected, snapshot at once if a tick of --schedule fell after the newest snapshot (the last leader died during its run, or none led at the tick) or there is none")
+	f.BoolVar(&catchUp, "catch-up", true, "when elected, snapshot at once if a tick of --schedule fell after the newest snapshot (the last leader died during its run, or none led at the tick) or there is none; with --verify, first verify a newest snapshot nobody verified")
 	f.BoolVar(&prune, "prune", true, "apply the retention policy after each snapshot and abort stale uploads; false lets the daemon run without delete rights (see deploy/security.md) while `etcdguard snapshot prune` runs elsewhere")
 	return cmd
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -402,6 +403,19 @@ func (d *Daemon) catchUpOnce(ctx context.Context) (done bool) {
 		return false
 	}
 	newest := snapshot.Newest(list)
+	if d.cfg.Verify && newest != nil && newest.Verification == snapshot.Unverified {
+		// A leader that died between its save and its verification, or a save by hand,
+		// left it: unchecked, it would count as fresh until the next tick.
+		d.log.Info("catch-up verification: the newest snapshot was never verified", "snapshot", newest.ID)
+		switch ok, corrupt := d.verify(ctx, newest); {
+		case corrupt:
+			id := newest.ID
+			newest = snapshot.Newest(slices.DeleteFunc(list, func(m *snapshot.Manifest) bool { return m.ID == id }))
+		case !ok:
+			d.lastCatchUp.Store(&now)
+			return false
+		}
+	}
 	// Exact for any schedule: the tick that follows the newest snapshot has passed.
 	if newest != nil && !d.schedule.Next(newest.CreatedAt).Before(now) {
 		return true
@@ -540,6 +554,26 @@ func (d *Daemon) deltaAlerts(now time.Time) []alerting.Alert {
 	return out
 }
 
+// verify checks m and records the verdict, reporting a failure as a failed run. corrupt
+// says it was found corrupt: recorded so, it no longer counts as fresh, is never restored
+// and fills no retention slot.
+func (d *Daemon) verify(ctx context.Context, m *snapshot.Manifest) (ok, corrupt bool) {
+	rep, err := snapshot.Verify(ctx, d.cfg.Store, m)
+	if err != nil {
+		d.fail("verify", err)
+		return false, false
+	}
+	if err := snapshot.RecordVerification(ctx, d.cfg.Store, rep); err != nil {
+		d.fail("store", err)
+		return false, false
+	}
+	if !rep.OK {
+		d.fail("verify", fmt.Errorf("snapshot %s failed verification: %v", m.ID, rep.Problems))
+		return false, true
+	}
+	return true, false
+}
+
 // snapshotRun saves, optionally verifies, then prunes, and says whether all of it
 // succeeded. Retention never runs after a failed save or verification.
 func (d *Daemon) snapshotRun(ctx context.Context) bool {
@@ -565,19 +599,7 @@ func (d *Daemon) snapshotRun(ctx context.Context) bool {
 	d.m.sizeRaw.Set(float64(m.DBSize))
 	d.m.sizeStored.Set(float64(m.StoredSize))
 	if d.cfg.Verify {
-		rep, err := snapshot.Verify(ctx, d.cfg.Store, m)
-		if err != nil {
-			d.fail("verify", err)
-			return false
-		}
-		// A failure is recorded too: it keeps the snapshot from counting as fresh, from
-		// restores and from retention's slots.
-		if err := snapshot.RecordVerification(ctx, d.cfg.Store, rep); err != nil {
-			d.fail("store", err)
-			return false
-		}
-		if !rep.OK {
-			d.fail("verify", fmt.Errorf("snapshot %s failed verification: %v", m.ID, rep.Problems))
+		if ok, _ := d.verify(ctx, m); !ok {
 			return false
 		}
 	}

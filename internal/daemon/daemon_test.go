@@ -235,6 +235,78 @@ func TestCatchUp(t *testing.T) {
 	}
 }
 
+// A --verify leader that died between its save and its verification (or a save by hand)
+// leaves a fresh snapshot nobody checked. The next leader verifies it at once instead of
+// letting it count as fresh unchecked for up to a schedule's interval; one found corrupt
+// is no backup, so the leader takes one.
+func TestCatchUpVerifies(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		corrupt bool
+		want    string // what becomes of the snapshot found unverified: its verdict, or "pruned"
+	}{
+		{name: "unverified", want: snapshot.Verified},
+		// Found corrupt, it fills no retention slot: the run after the leader's own
+		// snapshot deletes it.
+		{name: "corrupt", corrupt: true, want: "pruned"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := testharness.StartEtcd(t)
+			cli := e.Client(t)
+			for i := range 50 {
+				must(cli.Put(ctx, fmt.Sprintf("/k/%03d", i), strings.Repeat("v", 1000)))
+			}
+			st, err := file.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := must(snapshot.Save(ctx, cli, st, snapshot.SaveOptions{Cluster: "prod", Endpoint: e.Endpoints[0], Compression: "none", Level: "fastest"}))
+			if tc.corrupt {
+				b := must(store.ReadAll(ctx, st, m.Object, 1<<30))
+				b[len(b)/2] ^= 0xff
+				if err := store.PutBytes(ctx, st, m.Object, b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg := testConfig(e, st, "@every 1h")
+			cfg.NoCatchUp, cfg.Verify = false, true
+			runDaemon(t, cfg)
+			// What became of m, and the snapshots the leader took.
+			state := func() (string, []*snapshot.Manifest) {
+				got, taken := "pruned", []*snapshot.Manifest{}
+				for _, l := range must(snapshot.List(ctx, st, "prod")) {
+					if l.ID == m.ID {
+						got = l.Verification
+					} else {
+						taken = append(taken, l)
+					}
+				}
+				return got, taken
+			}
+			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				if got, _ := state(); got == tc.want {
+					break
+				}
+				if time.Now().After(deadline) {
+					got, taken := state()
+					t.Fatalf("within 20s the new leader left %s %s (want %s) and took %d snapshots", m.ID, got, tc.want, len(taken))
+				}
+			}
+			time.Sleep(2 * time.Second) // anything more it would take, it takes in this time
+			got, taken := state()
+			if want := map[bool]int{false: 0, true: 1}[tc.corrupt]; got != tc.want || len(taken) != want {
+				t.Fatalf("the new leader left %s %s and took %d snapshots, want %s and %d", m.ID, got, len(taken), tc.want, want)
+			}
+			for _, l := range taken {
+				if l.Verification != snapshot.Verified {
+					t.Fatalf("the snapshot the leader took, %s, is %s", l.ID, l.Verification)
+				}
+			}
+		})
+	}
+}
+
 // A new install has no snapshot until its first scheduled one: that must not page (the
 // rule's For, 75 minutes, is not up); TestAlertsFollowTheCatalog shows it pages after.
 func TestNewInstallDoesNotPage(t *testing.T) {
