@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdguard/etcdguard/internal/crypt"
+	"github.com/etcdguard/etcdguard/internal/etcdclient"
 	"github.com/etcdguard/etcdguard/store"
 )
 
@@ -41,6 +42,7 @@ type Execution struct {
 	DeletedByOthers int64 `json:"deleted_by_others"`
 	// Recipients are the age public keys the saved copy is encrypted to (none: in the clear).
 	Recipients []string `json:"recipients,omitempty"`
+	Attempt    string   `json:"attempt,omitempty"` // the confirm whose delete it was (markerKey)
 }
 
 // Confirm executes a plan if it is still exactly right: not expired, of this cluster, its
@@ -73,10 +75,8 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	}
 	if state == "interrupted" {
 		switch ex, err := settle(ctx, cli, st, p, opts.EtcdUser); {
-		case errors.Is(err, rpctypes.ErrCompacted):
-			return nil, refuse("an earlier confirm saved its keys to %s and was interrupted; whether it deleted them cannot be told any more "+
-				"(etcd compacted those revisions): make a new plan with --dry-run, or if the keys are gone because of it, `etcdguard guard undo %s --assume-executed` puts them back",
-				deletedKey(p.Cluster, p.ID), p.ID)
+		case errors.Is(err, errCannotTell):
+			return nil, refuse("%v: make a new plan with --dry-run, or if the keys are gone because of it, `etcdguard guard undo %s --assume-executed` puts them back", err, p.ID)
 		case err != nil:
 			return nil, err
 		case ex != nil:
@@ -107,7 +107,18 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	} else if err != nil {
 		return nil, fmt.Errorf("%w; nothing was deleted", err)
 	}
-	saved := savedKey(st, p.Cluster, p.ID)
+	mk := markerKey(p.Cluster, p.ID)
+	if p.Range.Contains(mk) {
+		return nil, refuse("%v; nothing was deleted", errHoldsMarker(p.Range, mk))
+	}
+	// The marker as this confirm finds it: its delete runs only if no other confirm's
+	// delete, and no settling of one, changed it since.
+	marker, err := readMarker(ctx, cli, mk)
+	if err != nil {
+		return nil, fmt.Errorf("%w; nothing was deleted", err)
+	}
+	attempt := newAttempt()
+	saved := savedKey(st, p.Cluster, p.ID, attempt)
 	sw, err := newEntryWriter(ctx, st, saved)
 	if err != nil {
 		return nil, err
@@ -152,9 +163,9 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	if err != nil {
 		sw.Abort(err)
 		if errors.Is(err, errChanged) {
-			// Another confirm of this plan deleting its keys changes the range too; its
-			// saved copy, written before its delete, says one is at work.
-			if _, serr := st.Stat(ctx, saved); serr == nil && executedByAnother(ctx, st, p) {
+			// Another confirm of this plan deleting its keys changes the range too, and
+			// writes its attempt to the marker in the same transaction.
+			if m, merr := readMarker(ctx, cli, mk); merr == nil && m.mod != marker.mod && strings.HasPrefix(m.value, "a-") {
 				return nil, refuse(executedByOther)
 			}
 			return nil, refuse("the range changed since the plan; run --dry-run again (planned at revision %d, now at %d)", p.Revision, rev)
@@ -165,90 +176,85 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		return nil, fmt.Errorf("saving the keys to delete to %s: %w; nothing was deleted", saved, err)
 	}
 
-	// One transaction: if no key in the range was written after R, delete the range.
-	// The compare cannot see a key deleted after R (it compares the keys that exist), so
-	// the delete's count tells whether the saved copy holds keys someone else deleted.
+	// One transaction: if no key in the range was written after R and the marker is as
+	// read, delete the range and write this attempt's id to the marker. The compare cannot
+	// see a key deleted after R (it compares the keys that exist), so the delete's count
+	// tells whether the saved copy holds keys someone else deleted.
 	beforeDelete(ctx)
 	resp, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(p.Range.Start), "<", rev+1).WithRange(p.Range.End)).
-		Then(clientv3.OpDelete(p.Range.Start, clientv3.WithRange(p.Range.End))).
+		If(clientv3.Compare(clientv3.ModRevision(p.Range.Start), "<", rev+1).WithRange(p.Range.End),
+			clientv3.Compare(clientv3.ModRevision(mk), "=", marker.mod)).
+		Then(clientv3.OpDelete(p.Range.Start, clientv3.WithRange(p.Range.End)), clientv3.OpPut(mk, attempt)).
 		Commit()
+	if etcdclient.PermissionDenied(err) {
+		// Refused before it was applied, the whole transaction: nothing was deleted.
+		if derr := st.Delete(context.WithoutCancel(ctx), saved); derr != nil {
+			slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", derr)
+		}
+		return nil, fmt.Errorf("deleting %s and recording it in %s: %w; etcd deleted nothing: the plan can be confirmed again", p.Range, mk, err)
+	}
 	if err != nil {
-		return nil, interrupted(ctx, cli, st, p, opts.EtcdUser, fmt.Errorf("deleting %s: %w", p.Range, err))
+		return nil, interrupted(ctx, cli, st, p, attempt, opts.EtcdUser, fmt.Errorf("deleting %s: %w", p.Range, err))
 	}
 	if !resp.Succeeded {
-		return nil, notDeleted(ctx, cli, st, p, saved, refuse)
+		return nil, notDeleted(ctx, cli, st, p, saved, marker, refuse)
 	}
-	ex := &Execution{PlanID: p.ID, Deleted: resp.Responses[0].GetResponseDeleteRange().Deleted, Revision: resp.Header.Revision, SavedTo: saved}
-	// Every planned key went between the read and the delete (the compare holds on an
-	// empty range, and a delete of nothing makes no revision, so reconcile would see them
-	// all). Another confirm of this plan at the same time does that, and its saved copy
-	// is the same object as this one's: nothing here may rewrite or record it.
-	if ex.Deleted == 0 && n > 0 {
-		return nil, goneMeanwhile(ctx, st, p, saved, refuse)
-	}
+	ex := &Execution{PlanID: p.ID, Deleted: resp.Responses[0].GetResponseDeleteRange().Deleted, Revision: resp.Header.Revision, SavedTo: saved, Attempt: attempt}
 	if strings.HasSuffix(saved, store.EncryptedExt) {
 		ex.Recipients = store.EncryptTo(st)
 	}
 	afterDelete(ctx)
 	if ex.Deleted != n {
-		if ex.DeletedByOthers, err = reconcile(ctx, cli, st, p, ex.Revision-1); err != nil {
-			return nil, interrupted(ctx, cli, st, p, opts.EtcdUser, err)
+		if ex.DeletedByOthers, err = reconcile(ctx, cli, st, p, saved, ex.Revision-1); err != nil {
+			return nil, interrupted(ctx, cli, st, p, attempt, opts.EtcdUser, err)
 		}
 	}
 	return ex, recordExecuted(ctx, st, p, ex, opts.EtcdUser, "")
 }
 
-// notDeleted is a confirm's answer when its delete's compare failed: it deleted nothing.
-// If a key of the plan is still there as planned, no confirm of the plan ran its delete
-// (it deletes the whole range at once), so the saved copy, whose presence means
-// "executed", goes. Otherwise the planned keys were deleted meanwhile, by another confirm
-// of this plan most likely, whose saved copy is the same object: it stays.
-func notDeleted(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, saved string, refuse func(string, ...any) error) error {
-	left, err := inRange(ctx, cli, p.Range, 0, clientv3.WithMaxModRev(p.Revision))
+// marker is the marker key as read: its value and mod revision (0: absent).
+type marker struct {
+	value string
+	mod   int64
+}
+
+func readMarker(ctx context.Context, cli *clientv3.Client, key string) (marker, error) {
+	resp, err := cli.Get(ctx, key)
 	if err != nil {
-		return fmt.Errorf("%w; this confirm deleted nothing, and whether another deleted plan %s's keys is not known; the saved copy %s is kept: `etcdguard guard plans` shows the plan's state",
-			err, p.ID, saved)
+		return marker{}, fmt.Errorf("reading etcdguard's record key %s: %w", key, err)
 	}
-	if left {
-		if derr := st.Delete(context.WithoutCancel(ctx), saved); derr != nil {
-			slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", derr)
-		}
-		return refuse("a key in the range was written while confirming; nothing was deleted; run --dry-run again")
+	if len(resp.Kvs) == 0 {
+		return marker{}, nil
 	}
-	return goneMeanwhile(ctx, st, p, saved, refuse)
+	return marker{value: string(resp.Kvs[0].Value), mod: resp.Kvs[0].ModRevision}, nil
 }
 
-// goneMeanwhile refuses a confirm that deleted nothing because the planned keys went
-// while it ran. The saved copy stays: it may be another confirm's. Unless that confirm
-// records the execution, the plan is left "interrupted", for the next confirm or undo to
-// settle from etcd's history.
-func goneMeanwhile(ctx context.Context, st store.Store, p *Plan, saved string, refuse func(string, ...any) error) error {
-	if executedByAnother(ctx, st, p) {
+// errHoldsMarker refuses a range that holds the plan's marker key: the delete writes it.
+func errHoldsMarker(r Range, key string) error {
+	return fmt.Errorf("the range %s holds %s, which the delete itself writes to record it: leave etcdguard's keys under /etcdguard/ out (plan the range in two parts around it)", r, key)
+}
+
+// notDeleted is a confirm's answer when its delete's compare failed: etcd deleted
+// nothing for it, so its own saved copy goes. The marker tells why: another confirm's
+// delete ran, a settling cancelled this one, or a key in the range was written.
+func notDeleted(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, saved string, was marker, refuse func(string, ...any) error) error {
+	if err := st.Delete(context.WithoutCancel(ctx), saved); err != nil {
+		slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", err)
+	}
+	now, err := readMarker(ctx, cli, markerKey(p.Cluster, p.ID))
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w; this confirm deleted nothing: `etcdguard guard plans` shows the plan's state", err)
+	case now.mod != was.mod && strings.HasPrefix(now.value, "a-"):
 		return refuse(executedByOther)
+	case now.mod != was.mod:
+		return refuse("another confirm or undo of it settled an interrupted confirm meanwhile, which stops every confirm then running; nothing was deleted: confirm again")
 	}
-	return refuse("its keys were deleted while confirming, by another confirm of it or by someone else, and this one deleted nothing; "+
-		"the saved copy %s is kept: `etcdguard guard plans` shows whether the plan is executed (a confirm again finds out and records it)", saved)
-}
-
-// executedByAnother waits a little for another confirm of p to record its execution: one
-// that won a race with this one records it right after its delete.
-func executedByAnother(ctx context.Context, st store.Store, p *Plan) bool {
-	for deadline := time.Now().Add(executedWait); ; time.Sleep(100 * time.Millisecond) {
-		if _, err := st.Stat(ctx, stateKey(p.Cluster, p.ID, "executed")); err == nil {
-			return true
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return false
-		}
-	}
+	return refuse("a key in the range was written while confirming; nothing was deleted; run --dry-run again")
 }
 
 // executedByOther is the refusal of a confirm that lost the race to another of its plan.
 const executedByOther = "it is executed: another confirm of it deleted its keys while this one was confirming; this one deleted nothing"
-
-// executedWait is how long a confirm that lost the race waits for the winner's record.
-var executedWait = 10 * time.Second
 
 // sameKey reports whether the key a plan names is k, as far as JSON kept it: a key that is
 // not UTF-8 comes back from it with U+FFFD in place of its other bytes.
@@ -301,107 +307,115 @@ func leaseTTL(ctx context.Context, cli *clientv3.Client, known map[int64]int64, 
 }
 
 // interrupted tells what a confirm that failed after saving the keys left behind, asking
-// etcd whether the delete happened: the request may have reached it before the failure.
-func interrupted(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, etcdUser string, cause error) error {
+// etcd whether its delete happened: the request may have reached it before the failure.
+func interrupted(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, attempt, etcdUser string, cause error) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	saved := savedKey(st, p.Cluster, p.ID) // this process saved it
+	saved := savedKey(st, p.Cluster, p.ID, attempt)
 	switch ex, err := settle(ctx, cli, st, p, etcdUser); {
 	case err != nil:
 		return fmt.Errorf("%w; whether etcd deleted the range is not known (%v): the keys are saved in %s; run `etcdguard del --confirm %s` again, which asks etcd and finishes or deletes",
 			cause, err, saved, p.ID)
 	case ex == nil:
-		// Nothing was deleted, as etcd can tell now: the saved copy goes, so no later undo,
-		// when etcd can no longer tell, takes it for a delete that happened.
-		if err := st.Delete(ctx, saved); err != nil {
-			return fmt.Errorf("%w; etcd deleted nothing, but the keys saved in %s could not be removed (%v): remove it before any `guard undo %s`", cause, saved, err, p.ID)
-		}
 		return fmt.Errorf("%w; etcd deleted nothing: the plan can be confirmed again", cause)
+	case ex.Attempt != attempt:
+		return fmt.Errorf("%w; this confirm deleted nothing, another confirm of plan %s deleted %d keys at revision %d: they are saved in %s (`etcdguard guard undo %s` puts them back)",
+			cause, p.ID, ex.Deleted, ex.Revision, ex.SavedTo, p.ID)
 	default:
 		return fmt.Errorf("%w; etcd deleted %d keys at revision %d: the plan is executed, its keys are saved in %s (`etcdguard guard undo %s` puts them back)",
 			cause, ex.Deleted, ex.Revision, saved, p.ID)
 	}
 }
 
-// settle decides from etcd what happened to a plan whose keys were saved but whose
-// execution is not recorded. A key of the plan still in the range with its planned mod
-// revision proves the delete did not run (it deletes the whole range at once). Otherwise
-// the delete is the revision T at which the last such key went: if the range is empty at
-// T and held no later write at T-1, the keys at T-1 are what it deleted, and the saved copy
-// is made to hold exactly them and the plan recorded executed. It returns nil when
-// nothing of the plan's was deleted by it.
+// errCannotTell: whether an interrupted confirm deleted a plan's keys cannot be told.
+var errCannotTell = errors.New("cannot tell whether it deleted them")
+
+// settle decides, from etcd's marker key, what happened to a plan whose keys a confirm
+// saved but whose execution is not recorded. A marker holding the attempt of a saved copy
+// is that confirm's delete, at the marker's revision: the copy is made to hold exactly the
+// keys deleted then, the plan recorded executed, and the other copies (of confirms that
+// can no longer delete) removed. Otherwise no confirm's delete ran: the marker is set to
+// "cancelled", so none still on its way can run it (each compares the marker as it read
+// it), and every copy goes. An owner's delete of the keys is never taken for the plan's.
+// It returns nil when nothing was deleted for the plan.
 func settle(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, etcdUser string) (*Execution, error) {
-	if p.KeyCount == 0 {
+	copies, err := savedCopies(ctx, st, p.Cluster, p.ID)
+	if err != nil {
+		return nil, err
+	}
+	if legacy, ok := copies[""]; ok {
+		return nil, fmt.Errorf("%w: a confirm by an older etcdguard, which wrote no record key to etcd, saved plan %s's keys to %s and was interrupted; whether it deleted them %w",
+			ErrRefused, p.ID, legacy, errCannotTell)
+	}
+	mk := markerKey(p.Cluster, p.ID)
+	for range 5 {
+		m, err := readMarker(ctx, cli, mk)
+		if err != nil {
+			return nil, err
+		}
+		if saved, ok := copies[m.value]; ok {
+			return executedBy(ctx, cli, st, p, m, saved, copies, etcdUser)
+		}
+		if strings.HasPrefix(m.value, "a-") && m.mod > p.Revision {
+			return nil, fmt.Errorf("etcd's record key %s says confirm %s deleted plan %s's keys at revision %d, but its saved copy is not in the store (%v): "+
+				"look for it under %s before anything else", mk, m.value, p.ID, m.mod, copies, deletedPrefix(p.Cluster, p.ID))
+		}
+		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(mk), "=", m.mod)).Then(clientv3.OpPut(mk, markerCancelled)).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("cancelling plan %s's interrupted confirms (%s): %w", p.ID, mk, err)
+		}
+		if !resp.Succeeded {
+			continue // a confirm's delete, or another settling, changed it meanwhile: look again
+		}
+		for _, saved := range copies {
+			if err := st.Delete(ctx, saved); err != nil {
+				// Harmless: the marker says no delete of the plan ran; the next settling removes it.
+				slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", err)
+			}
+		}
 		return nil, nil
 	}
-	planned := func(rev int64) (bool, error) {
-		return inRange(ctx, cli, p.Range, rev, clientv3.WithMaxModRev(p.Revision))
-	}
-	now, err := cli.Get(ctx, p.Range.Start, clientv3.WithCountOnly())
-	if err != nil {
-		return nil, fmt.Errorf("asking etcd whether plan %s's delete ran: %w", p.ID, err)
-	}
-	lo, hi := p.Revision, now.Header.Revision // planned at lo, gone at hi (if gone at all)
-	if left, err := planned(hi); err != nil || left {
-		return nil, err
-	}
-	for hi-lo > 1 {
-		mid := lo + (hi-lo)/2
-		left, err := planned(mid)
-		if err != nil {
-			return nil, fmt.Errorf("finding the revision that deleted plan %s's keys: %w", p.ID, err)
-		}
-		if left {
-			lo = mid
-		} else {
-			hi = mid
-		}
-	}
-	later, err := inRange(ctx, cli, p.Range, lo, clientv3.WithMinModRev(p.Revision+1))
-	if err != nil {
-		return nil, err
-	}
-	emptied, err := cli.Get(ctx, p.Range.Start, clientv3.WithRange(p.Range.End), clientv3.WithRev(hi), clientv3.WithCountOnly())
-	if err != nil {
-		return nil, err
-	}
-	if later || emptied.Count != 0 {
-		return nil, nil // others changed or deleted the keys; the plan's delete removed none
-	}
-	saved, err := findSaved(ctx, st, p.Cluster, p.ID)
-	if err != nil {
-		return nil, err
-	}
-	ex := &Execution{PlanID: p.ID, Revision: hi, SavedTo: saved}
-	at, err := cli.Get(ctx, p.Range.Start, clientv3.WithRange(p.Range.End), clientv3.WithRev(lo), clientv3.WithCountOnly())
-	if err != nil {
-		return nil, err
-	}
-	ex.Deleted = at.Count
-	if ex.DeletedByOthers, err = reconcile(ctx, cli, st, p, lo); err != nil {
-		return nil, err
-	}
-	return ex, recordExecuted(ctx, st, p, ex, etcdUser, "; found after an interrupted confirm")
+	return nil, fmt.Errorf("etcdguard's record key %s kept changing: another confirm or undo of plan %s is running; try again once it ended", mk, p.ID)
 }
 
-// inRange reports whether the range holds a key at rev (0: now) that passes the filter.
-func inRange(ctx context.Context, cli *clientv3.Client, r Range, rev int64, filter clientv3.OpOption) (bool, error) {
-	resp, err := cli.Get(ctx, r.Start, clientv3.WithRange(r.End), clientv3.WithRev(rev), filter, clientv3.WithKeysOnly(), clientv3.WithLimit(1))
-	if err != nil {
-		return false, fmt.Errorf("reading %s at revision %d: %w", r, rev, err)
+// executedBy records the delete of the confirm attempt m names, whose copy is saved.
+func executedBy(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, m marker, saved string, copies map[string]string, etcdUser string) (*Execution, error) {
+	ex := &Execution{PlanID: p.ID, Revision: m.mod, SavedTo: saved, Attempt: m.value}
+	if strings.HasSuffix(saved, store.EncryptedExt) {
+		ex.Recipients = store.EncryptTo(st)
 	}
-	return len(resp.Kvs) > 0, nil
+	note := "; found after an interrupted confirm"
+	at, err := cli.Get(ctx, p.Range.Start, clientv3.WithRange(p.Range.End), clientv3.WithRev(m.mod-1), clientv3.WithCountOnly())
+	switch {
+	case errors.Is(err, rpctypes.ErrCompacted):
+		// The keys as they were just before the delete are gone from etcd: any planned key
+		// its owner deleted in the moment between the confirm's read and its delete cannot
+		// be told apart, so the copy stays whole.
+		ex.Deleted = -1
+		note += fmt.Sprintf(" (etcd compacted revision %d: how many keys the delete removed, and whether others deleted some saved ones just before it, cannot be told; undo puts back every saved key that is missing)", m.mod-1)
+	case err != nil:
+		return nil, err
+	default:
+		ex.Deleted = at.Count
+		if ex.DeletedByOthers, err = reconcile(ctx, cli, st, p, saved, m.mod-1); err != nil {
+			return nil, err
+		}
+	}
+	for attempt, other := range copies {
+		if attempt != m.value { // its confirm compared an older marker: it can never delete
+			if err := st.Delete(ctx, other); err != nil {
+				slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", other, "err", err)
+			}
+		}
+	}
+	return ex, recordExecuted(ctx, st, p, ex, etcdUser, note)
 }
 
 // reconcile makes the saved copy hold exactly the keys in the range at rev, the revision
 // before the delete, dropping the saved keys that others deleted between the confirm's
 // read and the delete; it returns how many it dropped. The copy is rewritten through a
 // temporary object, as a store cannot read and replace one object at once.
-func reconcile(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, rev int64) (int64, error) {
-	saved, err := findSaved(ctx, st, p.Cluster, p.ID)
-	if err != nil {
-		return 0, err
-	}
+func reconcile(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, saved string, rev int64) (int64, error) {
 	// An encrypted copy is never rewritten, even where it could be read: the rewrite
 	// would encrypt it to this process's recipients (maybe none, maybe not the team's
 	// recovery key).
@@ -410,7 +424,7 @@ func reconcile(ctx context.Context, cli *clientv3.Client, st store.Store, p *Pla
 	}
 	tmp := saved + ".reconciling"
 	var dropped int64
-	err = copyEntries(ctx, st, saved, tmp, func(next func() (entry, bool), write func(entry) error) error {
+	err := copyEntries(ctx, st, saved, tmp, func(next func() (entry, bool), write func(entry) error) error {
 		_, err := scanRange(ctx, cli, p.Range, rev, 0, true, func(k []byte, _ int64, _ []byte, _ int64) error {
 			for {
 				e, ok := next()
@@ -547,16 +561,21 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 	if err != nil {
 		return nil, err
 	}
+	var saved string // the copy to put back
 	if state == "interrupted" {
 		switch ex, err := settle(ctx, cli, st, p, etcdUser); {
-		case errors.Is(err, rpctypes.ErrCompacted) && opts.AssumeExecuted:
-			slog.WarnContext(ctx, "whether the interrupted confirm deleted the range cannot be told (etcd compacted those revisions); putting back the saved keys that are missing, as --assume-executed asks",
+		case errors.Is(err, errCannotTell) && opts.AssumeExecuted:
+			slog.WarnContext(ctx, "whether the interrupted confirm deleted the range cannot be told; putting back the saved keys that are missing, as --assume-executed asks",
 				"plan", id, "err", err)
-		case errors.Is(err, rpctypes.ErrCompacted):
+			copies, err := savedCopies(ctx, st, cluster, id)
+			if err != nil {
+				return nil, err
+			}
+			saved = copies[""]
+		case errors.Is(err, errCannotTell):
 			// Either the confirm deleted them, or it deleted nothing and their owners did
 			// since: putting them back would then recreate what a controller removed.
-			return nil, fmt.Errorf("%w: plan %s: a confirm saved its keys and was interrupted, and etcd compacted the revisions that would tell whether it deleted them; "+
-				"check whether they are missing because of the plan (`etcdguard del --dry-run` of its range), then `etcdguard guard undo %s --assume-executed` puts back the missing ones", ErrRefused, id, id)
+			return nil, fmt.Errorf("%w; check whether they are missing because of the plan (`etcdguard del --dry-run` of its range), then `etcdguard guard undo %s --assume-executed` puts back the missing ones", err, id)
 		case err != nil:
 			return nil, err
 		case ex == nil:
@@ -635,15 +654,21 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 		}
 		return nil
 	}
-	saved, err := findSaved(ctx, st, cluster, id)
-	if err != nil {
-		return nil, err
-	}
-	// Name the keys that open it before anything is put back (a confirm records them).
-	var ex Execution
-	if b, err := store.ReadAll(ctx, st, stateKey(cluster, id, "executed"), 1<<20); err == nil && json.Unmarshal(b, &ex) == nil && len(ex.Recipients) > 0 {
-		if err := crypt.CanRead(st, "the saved copy "+saved, ex.Recipients); err != nil {
-			return nil, err
+	if saved == "" {
+		var ex Execution
+		b, err := store.ReadAll(ctx, st, stateKey(cluster, id, "executed"), 1<<20)
+		if err == nil {
+			err = json.Unmarshal(b, &ex)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading plan %s's record of its delete: %w", id, err)
+		}
+		saved = ex.SavedTo
+		// Name the keys that open it before anything is put back (a confirm records them).
+		if len(ex.Recipients) > 0 {
+			if err := crypt.CanRead(st, "the saved copy "+saved, ex.Recipients); err != nil {
+				return nil, err
+			}
 		}
 	}
 	dropped, err := droppedKeys(ctx, st, cluster, id)
@@ -723,10 +748,10 @@ func planState(ctx context.Context, st store.Store, p *Plan) (string, error) {
 	}
 	// Saved keys without a record of the delete: the confirm stopped between saving them
 	// and recording the delete, which may or may not have happened; settle asks etcd.
-	if _, err := findSaved(ctx, st, p.Cluster, p.ID); err == nil {
-		return "interrupted", nil
-	} else if !errors.Is(err, store.ErrNotExist) {
+	if copies, err := savedCopies(ctx, st, p.Cluster, p.ID); err != nil {
 		return "", err
+	} else if len(copies) > 0 {
+		return "interrupted", nil
 	}
 	if time.Now().After(p.ExpiresAt) {
 		return "expired", nil

@@ -2,6 +2,7 @@ package guard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -28,10 +29,11 @@ func hook(t *testing.T, h *func(context.Context), f func(context.Context)) {
 func (e *env) savedKeys(t *testing.T, st store.Store, id string) map[string]bool {
 	t.Helper()
 	ctx := context.Background()
-	key, err := findSaved(ctx, st, "c1", id)
-	if err != nil {
-		t.Fatal(err)
+	var ex Execution
+	if b, err := store.ReadAll(ctx, st, stateKey("c1", id, "executed"), 1<<20); err != nil || json.Unmarshal(b, &ex) != nil {
+		t.Fatalf("plan %s's record of its delete: %v", id, err)
 	}
+	key := ex.SavedTo
 	dropped, err := droppedKeys(ctx, st, "c1", id)
 	if err != nil {
 		t.Fatal(err)
@@ -300,9 +302,9 @@ func TestUndoRestoresLeases(t *testing.T) {
 }
 
 // A confirm interrupted after etcd deleted the range, and etcd compacts (kube-apiserver
-// does every 5 minutes) before the operator runs undo: the revisions that would tell
-// whether the delete ran are gone, but the saved keys still come back, and a second
-// confirm refuses, pointing at undo.
+// does every 5 minutes) before the operator runs undo: the marker its delete wrote still
+// tells that it ran, so a second confirm refuses, pointing at undo, and undo puts every
+// saved key back.
 func TestUndoInterruptedAfterCompaction(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
@@ -339,14 +341,9 @@ func TestUndoInterruptedAfterCompaction(t *testing.T) {
 	if _, err := Confirm(ctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "guard undo") {
 		t.Fatalf("confirm again after compaction: %v", err)
 	}
-	// Whether the plan or the keys' owners deleted them cannot be told any more: undo says
-	// so and puts back nothing, unless told to assume the plan did.
-	if _, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{}); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "--assume-executed") {
-		t.Fatalf("undo after compaction: %v", err)
-	}
-	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{AssumeExecuted: true})
+	u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{})
 	if err != nil {
-		t.Fatalf("undo --assume-executed after compaction: %v", err)
+		t.Fatalf("undo after compaction: %v", err)
 	}
 	if u.Restored != planned || e.count(t, r) != planned {
 		t.Fatalf("undo restored %d keys, %d in the range; the plan had %d", u.Restored, e.count(t, r), planned)
@@ -382,21 +379,6 @@ func TestUndoNeverRecreatesOwnersDeletes(t *testing.T) {
 	}
 	if n := e.count(t, r); n != 0 {
 		t.Fatalf("undo recreated %d keys their owners deleted", n)
-	}
-}
-
-// Two saved copies of one plan (one left by a confirm that could not remove it): which
-// holds what was deleted cannot be told, so nothing uses either.
-func TestTwoSavedCopiesAreRefused(t *testing.T) {
-	ctx := context.Background()
-	e := newEnv(t)
-	for _, key := range []string{deletedKey("c1", "p1"), deletedKey("c1", "p1") + store.EncryptedExt} {
-		if err := store.PutBytes(ctx, e.st, key, []byte("x")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := findSaved(ctx, e.st, "c1", "p1"); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "two saved copies") {
-		t.Fatalf("findSaved with two copies: %v", err)
 	}
 }
 

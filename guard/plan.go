@@ -60,47 +60,69 @@ const sampleSize = 10
 func plansPrefix(cluster string) string     { return cluster + "/guard/plans/" }
 func planKey(cluster, id string) string     { return plansPrefix(cluster) + id + ".json" }
 func planKeysKey(cluster, id string) string { return plansPrefix(cluster) + id + ".keys.jsonl.zst" }
-func deletedKey(cluster, id string) string  { return cluster + "/guard/deleted/" + id + ".jsonl.zst" }
+
+// markerKey is the etcd key a confirm's delete writes in its own transaction, holding
+// the confirm's attempt id: etcd's record of which confirm of the plan deleted its range,
+// if one did. An owner's delete of the same keys leaves it alone, and changing it (a
+// "cancelled" value) makes every confirm still on its way fail, as each compares it.
+func markerKey(cluster, id string) string { return RecordPrefix(cluster) + id }
+
+// RecordPrefix is where in etcd confirms record their deletes (markerKey): a confirm, and
+// an undo that settles an interrupted one, needs readwrite permission on it.
+func RecordPrefix(cluster string) string { return "/etcdguard/" + cluster + "/guard/" }
+
+// markerCancelled is the marker's value once a plan's interrupted confirms were settled
+// as having deleted nothing; an attempt id starts with "a-".
+const markerCancelled = "cancelled"
+
+func newAttempt() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "a-" + hex.EncodeToString(b[:])
+}
+
+// deletedPrefix is where a plan's saved copies are, one per confirm attempt:
+// <id>.<attempt>.jsonl.zst (.age when the store encrypts); an etcdguard before attempts
+// named its copy <id>.jsonl.zst.
+func deletedPrefix(cluster, id string) string { return cluster + "/guard/deleted/" + id + "." }
 
 // droppedKey lists, in the clear, the keys of an encrypted saved copy that others deleted
 // before the plan's delete (see reconcile): undo leaves them deleted. Key names only; the
 // plan's key list already holds them.
-func droppedKey(cluster, id string) string {
-	return cluster + "/guard/deleted/" + id + ".dropped.jsonl.zst"
-}
+func droppedKey(cluster, id string) string { return deletedPrefix(cluster, id) + "dropped.jsonl.zst" }
 
-// savedKey is where a confirm saves what it deletes: encrypted (store.EncryptedExt) when
-// the store encrypts, since the copy holds every value deleted.
-func savedKey(st store.Store, cluster, id string) string {
+// savedKey is where a confirm attempt saves what it deletes: encrypted (store.EncryptedExt)
+// when the store encrypts, since the copy holds every value deleted.
+func savedKey(st store.Store, cluster, id, attempt string) string {
+	key := deletedPrefix(cluster, id) + attempt + ".jsonl.zst"
 	if len(store.EncryptTo(st)) > 0 {
-		return deletedKey(cluster, id) + store.EncryptedExt
+		key += store.EncryptedExt
 	}
-	return deletedKey(cluster, id)
+	return key
 }
 
-// findSaved returns the key of the plan's saved copy, in the clear or encrypted, or an
-// error wrapping store.ErrNotExist if there is none.
-func findSaved(ctx context.Context, st store.Store, cluster, id string) (string, error) {
-	var found []string
-	for _, key := range []string{deletedKey(cluster, id), deletedKey(cluster, id) + store.EncryptedExt} {
-		_, err := st.Stat(ctx, key)
-		if err == nil {
-			found = append(found, key)
-		} else if !errors.Is(err, store.ErrNotExist) {
-			return "", err
+// savedCopies returns the plan's saved copies by attempt ("" for one named before
+// attempts were). Every copy but that of the attempt whose delete ran is of a confirm
+// that deleted nothing, or one still running.
+func savedCopies(ctx context.Context, st store.Store, cluster, id string) (map[string]string, error) {
+	objs, err := st.List(ctx, deletedPrefix(cluster, id))
+	if err != nil {
+		return nil, fmt.Errorf("listing the saved copies of plan %s: %w", id, err)
+	}
+	out := map[string]string{}
+	for _, o := range objs {
+		rest := strings.TrimPrefix(o.Key, deletedPrefix(cluster, id))
+		attempt, tail, _ := strings.Cut(rest, ".")
+		if !strings.HasPrefix(attempt, "a-") {
+			attempt, tail = "", rest
+		}
+		if tail == "jsonl.zst" || tail == "jsonl.zst"+store.EncryptedExt {
+			out[attempt] = o.Key
 		}
 	}
-	switch len(found) {
-	case 0:
-		return "", fmt.Errorf("the saved copy of plan %s (%s): %w", id, deletedKey(cluster, id), store.ErrNotExist)
-	case 1:
-		return found[0], nil
-	}
-	// Only a confirm that failed to remove its copy leaves one behind: which holds what
-	// was deleted cannot be told from here.
-	return "", fmt.Errorf("%w: plan %s has two saved copies, %s and %s: an earlier confirm left one; compare them (and the audit records under %s/guard/audit/) and remove the stale one",
-		ErrRefused, id, found[0], found[1], cluster)
+	return out, nil
 }
+
 func stateKey(cluster, id, state string) string {
 	return plansPrefix(cluster) + id + "." + state + ".json"
 }
@@ -172,6 +194,9 @@ func MakePlan(ctx context.Context, cli *clientv3.Client, st store.Store, r Range
 	p := &Plan{ID: newPlanID(now), Cluster: opts.Cluster, Range: r, ByType: map[string]int64{}, Sample: []string{},
 		CreatedAt: now, ExpiresAt: now.Add(opts.TTL)}
 	p.User, p.Host = who()
+	if mk := markerKey(p.Cluster, p.ID); r.Contains(mk) {
+		return nil, errHoldsMarker(r, mk)
+	}
 	kw, err := newEntryWriter(ctx, st, planKeysKey(p.Cluster, p.ID))
 	if err != nil {
 		return nil, err

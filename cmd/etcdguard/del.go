@@ -110,7 +110,7 @@ func runDel(ctx context.Context, g *globalOptions, o *delOptions, args []string)
 	}
 	ex, err := guard.Confirm(ctx, cli, st, o.confirm, guard.ConfirmOptions{Cluster: cluster, AcceptWarnings: o.acceptWarnings, Range: r, EtcdUser: etcdUser})
 	if err != nil {
-		return g.etcd.Denied(err, "the delete of "+p.Range.String(), "a confirm needs a role with readwrite permission on the range")
+		return g.etcd.Denied(err, "the delete of "+p.Range.String(), "a confirm needs a role with readwrite permission on the range and on "+guard.RecordPrefix(cluster)+" (where its delete records itself)")
 	}
 	if g.output == "json" {
 		return printJSON(g.stdout, ex)

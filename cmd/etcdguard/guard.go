@@ -76,7 +76,7 @@ func runGuardUndo(ctx context.Context, g *globalOptions, id string, opts guard.U
 	opts.EtcdUser = etcdUser
 	res, err := guard.Undo(ctx, cli, st, cluster, id, opts)
 	if err != nil {
-		return g.etcd.Denied(err, "the undo of plan "+id, "an undo needs a role with readwrite permission on the plan's range")
+		return g.etcd.Denied(err, "the undo of plan "+id, "an undo needs a role with readwrite permission on the plan's range and on "+guard.RecordPrefix(cluster))
 	}
 	if g.output == "json" {
 		return printJSON(g.stdout, res)

@@ -99,6 +99,9 @@ func TestEtcdRBAC(t *testing.T) {
 	must(cli.RoleGrantPermission(ctx, "pods-read", "/registry/pods/", clientv3.GetPrefixRangeEnd("/registry/pods/"), clientv3.PermissionType(clientv3.PermRead)))
 	must(cli.RoleAdd(ctx, "pods-readwrite"))
 	must(cli.RoleGrantPermission(ctx, "pods-readwrite", "/registry/pods/", clientv3.GetPrefixRangeEnd("/registry/pods/"), clientv3.PermissionType(clientv3.PermReadWrite)))
+	// A confirm records its delete under /etcdguard/<cluster>/guard/ (guard.RecordPrefix).
+	must(cli.RoleGrantPermission(ctx, "pods-read", "/etcdguard/", clientv3.GetPrefixRangeEnd("/etcdguard/"), clientv3.PermissionType(clientv3.PermRead)))
+	must(cli.RoleGrantPermission(ctx, "pods-readwrite", "/etcdguard/", clientv3.GetPrefixRangeEnd("/etcdguard/"), clientv3.PermissionType(clientv3.PermReadWrite)))
 	noPassword := &clientv3.UserAddOptions{NoPassword: true} // certificate users
 	must(cli.UserAdd(ctx, "root", rootPass))
 	must(cli.UserGrantRole(ctx, "root", "root"))
@@ -257,7 +260,7 @@ func TestEtcdRBAC(t *testing.T) {
 			t.Errorf("confirm without write permission: exit %d, want 1", r.code)
 		}
 		for _, w := range []string{`etcd refused the delete of ["/registry/pods/", "/registry/pods0")`, `etcd user "pods-reader" (the CN of --cert) lacks the permission`,
-			"readwrite permission on the range", "etcdserver: permission denied", "etcd deleted nothing: the plan can be confirmed again"} {
+			"readwrite permission on the range and on /etcdguard/", "etcdserver: permission denied", "etcd deleted nothing: the plan can be confirmed again"} {
 			if !strings.Contains(line, w) {
 				t.Errorf("error line %q does not mention %q", line, w)
 			}
