@@ -101,10 +101,12 @@ func (a *Alerter) Update(ctx context.Context, active []Alert, now time.Time, sen
 		if seen[name] {
 			continue
 		}
-		if f.lastSent.IsZero() || !send {
-			delete(a.firing, name) // nobody was told it fired, or another daemon notifies
+		if f.lastSent.IsZero() {
+			delete(a.firing, name) // nobody was told it fired
 			continue
 		}
+		// Resolved by whoever paged it, notifying now or not: the daemon that leads now may
+		// never have had it (a follower's stale failure count, a capture that stopped).
 		r := f.alert
 		r.EndsAt = now
 		out = append(out, r)

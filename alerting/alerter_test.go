@@ -52,6 +52,9 @@ func TestAlerter(t *testing.T) {
 		{65 * time.Minute, tooOld, false, false, ""}, // a follower keeps quiet
 		{66 * time.Minute, nil, false, false, ""},    // and never resolves what it did not send
 		{67 * time.Minute, tooOld, true, false, "EtcdSnapshotTooOld firing"},
+		{68 * time.Minute, tooOld, false, false, ""}, // leadership moved: quiet
+		// but what it paged it resolves: the new leader may never have had it
+		{69 * time.Minute, nil, false, false, "EtcdSnapshotTooOld resolved"},
 	}
 	for i, s := range steps {
 		rec.fail = s.fail

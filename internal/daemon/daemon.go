@@ -272,10 +272,15 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	}
 	d.term.Store(term)
 	defer d.term.Store(nil)
-	// A new term counts its own failed runs: a count kept from an earlier term, while
-	// another daemon's runs succeeded, would page EtcdSnapshotFailing at once.
+	// A term counts its own failed runs: a count kept from an earlier term, while another
+	// daemon's runs succeeded, would page EtcdSnapshotFailing at once, and one kept after
+	// it would hold that alert firing (and the failures gauge up) on a follower forever.
 	d.failing.Store(0)
 	d.m.failingInARow.Set(0)
+	defer func() {
+		d.failing.Store(0)
+		d.m.failingInARow.Set(0)
+	}()
 	d.leader.Store(true)
 	d.m.isLeader.Set(1)
 	d.log.Info("elected: this daemon takes the snapshots", "id", id)
@@ -407,14 +412,19 @@ func (d *Daemon) catchUpOnce(ctx context.Context) (done bool) {
 		// A leader that died between its save and its verification, or a save by hand,
 		// left it: unchecked, it would count as fresh until the next tick.
 		d.log.Info("catch-up verification: the newest snapshot was never verified", "snapshot", newest.ID)
-		switch ok, corrupt := d.verify(ctx, newest); {
+		switch corrupt, _, err := d.verify(ctx, newest); {
+		case ctx.Err() != nil:
+			return true
 		case corrupt:
+			d.fail("verify", err)
 			id := newest.ID
 			newest = snapshot.Newest(slices.DeleteFunc(list, func(m *snapshot.Manifest) bool { return m.ID == id }))
-		case !ok:
-			d.lastCatchUp.Store(&now)
-			return false
+		case err != nil:
+			// Not found corrupt: it may be fine (an identity this daemon lacks, a store
+			// that failed this once). The schedule decides as without the check.
+			d.log.Warn("could not verify the newest snapshot; catching up as if it were fresh", "snapshot", newest.ID, "err", err)
 		}
+		now = time.Now() // a tick may have come while verifying: the run lock skipped it
 	}
 	// Exact for any schedule: the tick that follows the newest snapshot has passed.
 	if newest != nil && !d.schedule.Next(newest.CreatedAt).Before(now) {
@@ -554,60 +564,58 @@ func (d *Daemon) deltaAlerts(now time.Time) []alerting.Alert {
 	return out
 }
 
-// verify checks m and records the verdict, reporting a failure as a failed run. corrupt
-// says it was found corrupt: recorded so, it no longer counts as fresh, is never restored
-// and fills no retention slot.
-func (d *Daemon) verify(ctx context.Context, m *snapshot.Manifest) (ok, corrupt bool) {
+// verify checks m and records the verdict. corrupt says it was found corrupt: recorded
+// so, it no longer counts as fresh, is never restored and fills no retention slot. An
+// error comes with the failure reason it counts as.
+func (d *Daemon) verify(ctx context.Context, m *snapshot.Manifest) (corrupt bool, reason string, err error) {
 	rep, err := snapshot.Verify(ctx, d.cfg.Store, m)
 	if err != nil {
-		d.fail("verify", err)
-		return false, false
+		return false, "verify", err
 	}
 	if err := snapshot.RecordVerification(ctx, d.cfg.Store, rep); err != nil {
-		d.fail("store", err)
-		return false, false
+		return false, "store", err
 	}
 	if !rep.OK {
-		d.fail("verify", fmt.Errorf("snapshot %s failed verification: %v", m.ID, rep.Problems))
-		return false, true
+		return true, "verify", fmt.Errorf("snapshot %s failed verification: %v", m.ID, rep.Problems)
 	}
-	return true, false
+	return false, "", nil
 }
 
 // snapshotRun saves, optionally verifies, then prunes, and says whether all of it
 // succeeded. Retention never runs after a failed save or verification.
 func (d *Daemon) snapshotRun(ctx context.Context) bool {
-	start := time.Now()
-	m, err := d.save(ctx, "")
-	if errors.Is(err, errNoEtcd) {
-		d.fail("etcd", err)
-		return false
-	}
-	if errors.Is(err, crypt.ErrPolicy) { // not the store's fault: its config's
-		d.fail("encryption", err)
-		return false
-	}
-	if err != nil {
+	// A run stopped by a graceful stop or a lost lease is no failed run: counted, a
+	// rolling update could page EtcdSnapshotFailing on its way down.
+	failed := func(reason string, err error) bool {
 		if ctx.Err() != nil {
-			d.log.Info("snapshot cancelled; nothing partial was left", "why", context.Cause(ctx), "err", err)
+			d.log.Info("snapshot run cancelled; nothing partial was left", "why", context.Cause(ctx), "err", err)
 			return false
 		}
-		d.fail("store", err)
+		d.fail(reason, err)
 		return false
+	}
+	start := time.Now()
+	m, err := d.save(ctx, "")
+	switch {
+	case errors.Is(err, errNoEtcd):
+		return failed("etcd", err)
+	case errors.Is(err, crypt.ErrPolicy): // not the store's fault: its config's
+		return failed("encryption", err)
+	case err != nil:
+		return failed("store", err)
 	}
 	d.m.duration.Observe(time.Since(start).Seconds())
 	d.m.sizeRaw.Set(float64(m.DBSize))
 	d.m.sizeStored.Set(float64(m.StoredSize))
 	if d.cfg.Verify {
-		if ok, _ := d.verify(ctx, m); !ok {
-			return false
+		if _, reason, err := d.verify(ctx, m); err != nil {
+			return failed(reason, err)
 		}
 	}
 	if !d.cfg.NoPrune {
 		ds, err := snapshot.Prune(ctx, d.cfg.Store, d.cfg.Cluster, d.cfg.Retention, time.Now(), false)
 		if err != nil {
-			d.fail("retention", err)
-			return false
+			return failed("retention", err)
 		}
 		for _, dec := range ds {
 			if !dec.Keep {
@@ -615,8 +623,7 @@ func (d *Daemon) snapshotRun(ctx context.Context) bool {
 			}
 		}
 		if _, err := delta.Prune(ctx, d.cfg.Store, d.cfg.Cluster, ds, false); err != nil {
-			d.fail("retention", err)
-			return false
+			return failed("retention", err)
 		}
 	}
 	d.failing.Store(0)
@@ -749,11 +756,19 @@ func (d *Daemon) notifies(ctx context.Context) bool {
 	if d.leader.Load() {
 		return true
 	}
+	// Bounded, and refused at once by a member without a leader: etcd's client retries an
+	// unanswered read until its context ends, and this one holds checkMu. A cluster
+	// that cannot say is one where no daemon may lead: notify.
+	ctx, cancel := context.WithTimeout(ctx, notifyAskTimeout)
+	defer cancel()
 	cli, err := etcdclient.New(ctx, d.cfg.Etcd)
 	if err != nil {
 		return true
 	}
 	defer cli.Close()
-	resp, err := cli.Get(ctx, "/etcdguard/"+d.cfg.Cluster+"/leader/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := cli.Get(clientv3.WithRequireLeader(ctx), "/etcdguard/"+d.cfg.Cluster+"/leader/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	return err != nil || resp.Count == 0
 }
+
+// notifyAskTimeout bounds asking etcd whether a daemon leads.
+const notifyAskTimeout = 10 * time.Second
