@@ -271,8 +271,41 @@ func readConfig(path string, root *cobra.Command) (map[string]string, error) {
 // yamlLine finds the line numbers in a YAML parser's message.
 var yamlLine = regexp.MustCompile(`line \d+`)
 
-// flagLike matches what a flag's name could be, so an unknown key that matches is safe to quote.
-var flagLike = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+// nearestFlag is the flag whose name k is a typo of (at most 2 edits, fewer for short
+// names), or "" if none is that close.
+func nearestFlag(k string, known map[string]bool) string {
+	best, bestD := "", 0
+	for name := range known {
+		d := editDistance(k, name)
+		if d > 2 || d > len(name)/3 {
+			continue
+		}
+		if best == "" || d < bestD || d == bestD && name < best {
+			best, bestD = name, d
+		}
+	}
+	return best
+}
+
+// editDistance is Levenshtein's distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
 
 // parseConfig reads a config file's contents. Each value is its text as written, as it
 // would be given to the flag (0123 stays 0123, no stays no: YAML's typing would turn a
@@ -326,12 +359,15 @@ func parseConfig(path string, b []byte, root *cobra.Command) (map[string]string,
 		kn, vn := top.Content[i], resolveAlias(top.Content[i+1])
 		k := kn.Value
 		if kn.Kind != yaml.ScalarNode || !known[k] {
-			if !flagLike.MatchString(k) {
-				// A key no flag could have is likely a line gone wrong, such as
-				// "password:hunter2: x" with no space: quoting it could print a secret.
-				return nil, fmt.Errorf("config file %s: line %d: unknown key (not a flag name: keys are flag names such as endpoints, store, cluster, each followed by \": \")", path, kn.Line)
+			switch near := nearestFlag(k, known); {
+			case k == "version" || k == "help":
+				return nil, fmt.Errorf("config file %s: line %d: %q is an action of the command line, not a setting: remove it", path, kn.Line, k)
+			case kn.Kind == yaml.ScalarNode && near != "":
+				return nil, fmt.Errorf("config file %s: line %d: unknown key %q (did you mean %q?)", path, kn.Line, k, near)
 			}
-			return nil, fmt.Errorf("config file %s: line %d: unknown key %q (keys are flag names, e.g. endpoints, store, cluster)", path, kn.Line, k)
+			// Not shown: a key far from every flag may be a line gone wrong that holds a
+			// secret, such as "password:hunter2: x" with no space, or a token on its own.
+			return nil, fmt.Errorf("config file %s: line %d: unknown key, not shown (it is no flag's name, nor close to one: keys are flag names such as endpoints, store, cluster, each followed by \": \")", path, kn.Line)
 		}
 		if first, ok := lines[k]; ok {
 			return nil, fmt.Errorf("config file %s: line %d: key %q again (first on line %d)", path, kn.Line, k, first)

@@ -12,7 +12,7 @@ import (
 
 func TestSettingPrecedence(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "etcdguard.yaml")
-	if err := os.WriteFile(cfg, []byte("endpoints: [https://cfg-1:2379, https://cfg-2:2379]\nstore: file:///from-config\ncluster: cfgcluster\nschedule-unknown-to-version: 1\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte("endpoints: [https://cfg-1:2379, https://cfg-2:2379]\nstore: file:///from-config\ncluster: cfgcluster\nschedul: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	goodCfg := filepath.Join(t.TempDir(), "good.yaml")
@@ -51,9 +51,9 @@ func TestSettingPrecedence(t *testing.T) {
 			endpoints: []string{"http://flag:2379"}, store: "file:///from-config", cluster: "flagc"},
 		{name: "ETCDCTL_ names only etcd flags", env: map[string]string{"ETCDCTL_STORE": "file:///nope", "ETCDGUARD_S3_ENDPOINT": "http://s3:9000"},
 			endpoints: []string{"127.0.0.1:2379"}},
-		{name: "unknown config key", args: []string{"--config", cfg}, wantErr: `unknown key "schedule-unknown-to-version"`},
-		{name: "version is no config key", args: []string{"--config", versionCfg}, wantErr: `unknown key "version"`},
-		{name: "key holding a secret is not quoted", args: []string{"--config", foldedCfg}, wantErr: `line 2: unknown key (not a flag name`},
+		{name: "unknown config key", args: []string{"--config", cfg}, wantErr: `line 4: unknown key "schedul" (did you mean "schedule"?)`},
+		{name: "version is no config key", args: []string{"--config", versionCfg}, wantErr: `line 2: "version" is an action of the command line, not a setting`},
+		{name: "key holding a secret is not quoted", args: []string{"--config", foldedCfg}, wantErr: `line 2: unknown key, not shown`},
 		{name: "missing config file", args: []string{"--config", "/nonexistent.yaml"}, wantErr: "reading config file"},
 		{name: "bad env value", env: map[string]string{"ETCDGUARD_DIAL_TIMEOUT": "soon"}, wantErr: "invalid ETCDGUARD_DIAL_TIMEOUT for --dial-timeout"},
 		{name: "bad output", args: []string{"-o", "yaml"}, wantErr: `unknown --output "yaml"`},
