@@ -129,6 +129,9 @@ func summary(cluster, history, key string) (m *Manifest, ok bool) {
 		return nil, false
 	}
 	m.Object = m.base() + ".seg.zst"
+	if manifestKey(m) != key { // not as etcdguard names one (times written otherwise, text after them)
+		return nil, false
+	}
 	return m, true
 }
 
