@@ -467,8 +467,10 @@ func TestRestoreRefusesBadDeltas(t *testing.T) {
 	if err != nil || plan.Base.ID != base.ID || len(plan.Deltas) != 3 || plan.Deltas[2].ToRev != segs[2].ToRev || plan.TargetRev != target {
 		t.Fatalf("plan for revision %d: %+v, %v; want the 3 segments up to it", target, plan, err)
 	}
-	if got, all := replayGrowth(plan.Deltas), replayGrowth(segs); got >= all {
-		t.Fatalf("free space counted for %d segments' growth: %d of %d", len(plan.Deltas), got, all)
+	// The plan's segments come from a listing: each carries its stored size, so the check
+	// counts exactly the 3 planned ones (a size of 0 would let any disk pass).
+	if got, want, all := replayGrowth(plan.Deltas), replayGrowth(segs[:3]), replayGrowth(segs); got == 0 || got != want || got >= all {
+		t.Fatalf("free space counted for %d segments' growth: %d, want %d (of %d for all %d)", len(plan.Deltas), got, want, all, len(segs))
 	}
 	// The same deltas, intact, reach the target.
 	parent := filepath.Join(t.TempDir(), "restore")
