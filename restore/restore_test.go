@@ -500,3 +500,58 @@ func flip(b []byte) {
 		b[i] ^= 0xff
 	}
 }
+
+// A corrupt newest base that nobody verified fails the restore, writing nothing; the
+// restore records the failed verification as `snapshot verify` does, so the next run (of
+// --at, --revision or latest, where no flag names the base) plans from the next older one.
+func TestRestoreRecordsCorruptBase(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 3)
+	older, newest := f.snaps[1], f.snaps[2]
+	b := must(store.ReadAll(ctx, f.st, newest.Object, 64<<20))
+	flip(b[len(b)/2:][:16])
+	must(0, store.PutBytes(ctx, f.st, newest.Object, b))
+
+	tests := []struct {
+		name   string
+		chosen bool
+		want   string
+	}{
+		{"chosen for a point", true, "run the same restore again, it will use the next older snapshot"},
+		{"named by id", false, "restore another snapshot"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			plan := must(Select(ctx, f.st, "c1", Selector{ID: "latest"}))
+			if plan.Base.ID != newest.ID {
+				t.Fatalf("latest is %s before any restore found it corrupt, want %s", plan.Base.ID, newest.ID)
+			}
+			parent := filepath.Join(t.TempDir(), "restore")
+			opts := oneMember(t, parent)
+			opts.Chosen = tc.chosen
+			_, err := Restore(ctx, f.st, plan.Base, opts)
+			var corrupt *snapshot.CorruptError
+			if !errors.As(err, &corrupt) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "is recorded and nothing was written") {
+				t.Fatalf("err = %v, want a corrupt snapshot saying %q", err, tc.want)
+			}
+			if _, err := os.Stat(parent); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the failed restore left %v", entries(t, parent))
+			}
+			if m := must(snapshot.Find(ctx, f.st, "c1", newest.ID)); m.Verification != snapshot.Failed || len(m.Problems) == 0 {
+				t.Fatalf("snapshot %s is %q %v after the restore found it corrupt, want failed", m.ID, m.Verification, m.Problems)
+			}
+			// The second run: the next older base, and a restore that works.
+			plan = must(Select(ctx, f.st, "c1", Selector{ID: "latest"}))
+			if plan.Base.ID != older.ID {
+				t.Fatalf("the second run chose %s, want the next older %s", plan.Base.ID, older.ID)
+			}
+			opts = oneMember(t, parent)
+			opts.Chosen = tc.chosen
+			if _, err := Restore(ctx, f.st, plan.Base, opts); err != nil {
+				t.Fatal(err)
+			}
+			// For the next case: the newest is unverified again (its record removed).
+			must(0, f.st.Delete(ctx, "c1/snapshots/"+newest.ID+".failed.json"))
+		})
+	}
+}

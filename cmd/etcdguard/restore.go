@@ -87,6 +87,7 @@ func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error 
 		Members: members, InitialCluster: o.members.InitialCluster, Token: o.token,
 		BumpRevision: o.bump, MarkCompacted: o.compact,
 		Deltas: plan.Deltas, TargetRev: plan.TargetRev, TargetTime: plan.TargetTime,
+		Chosen: o.snapshot == "" || o.snapshot == "latest",
 	}
 	if len(opts.Deltas) == 0 {
 		// Not for a replay: etcd's MVCC index holds every key and revision in memory,
