@@ -76,6 +76,9 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 	if (opts.BumpRevision > 0) != opts.MarkCompacted {
 		return nil, errors.New("--bump-revision and --mark-compacted go together: give both (etcd's restore requires the pair)")
 	}
+	if err := CheckToken(opts.Members, opts.InitialCluster, opts.Token); err != nil {
+		return nil, err
+	}
 	if opts.Token == "" {
 		opts.Token = NewToken()
 	}

@@ -555,3 +555,50 @@ func TestRestoreRecordsCorruptBase(t *testing.T) {
 		})
 	}
 }
+
+// Members of one cluster restored on their own hosts (--name) need one token: a token each
+// run picks for itself would make members that never form a cluster. Refused, writing
+// nothing, unless the token is given or every member is restored in one run.
+func TestRestoreTokenForSomeMembers(t *testing.T) {
+	f := newFixture(t, 1)
+	const three = "m1=http://127.0.0.1:2380,m2=http://127.0.0.2:2380,m3=http://127.0.0.3:2380"
+	tests := []struct {
+		name    string
+		plan    MemberPlan
+		token   string
+		wantErr string
+	}{
+		{name: "one of three without a token", plan: MemberPlan{InitialCluster: three, Name: "m2"},
+			wantErr: "this run restores only m2: give --initial-cluster-token, the same on every member's run"},
+		{name: "one of three with a token", plan: MemberPlan{InitialCluster: three, Name: "m2"}, token: "etcd-restore-dr1"},
+		{name: "all three in one run", plan: MemberPlan{InitialCluster: three, AllMembers: true}},
+		{name: "a one-member cluster", plan: MemberPlan{InitialCluster: "m1=http://127.0.0.1:2380", Name: "m1"}},
+		{name: "one member with two peer URLs", plan: MemberPlan{InitialCluster: "m1=http://127.0.0.1:2380,m1=http://127.0.0.1:2381", Name: "m1"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			parent := filepath.Join(t.TempDir(), "restore")
+			tc.plan.DataDir = filepath.Join(parent, "m.etcd")
+			if tc.plan.AllMembers {
+				tc.plan.DataDir = parent
+			}
+			members := must(tc.plan.Members())
+			res, err := Restore(context.Background(), f.st, f.snaps[0], Options{Members: members, InitialCluster: tc.plan.InitialCluster, Token: tc.token})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				if _, err := os.Stat(parent); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("the refused restore left %v", entries(t, parent))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.token != "" && res.Token != tc.token || len(res.Members) != len(members) {
+				t.Fatalf("restored %d members with token %q", len(res.Members), res.Token)
+			}
+		})
+	}
+}
