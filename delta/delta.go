@@ -284,14 +284,21 @@ func walkSegments(ctx context.Context, st store.Store, cluster, history string, 
 		return nil
 	}
 	dir := historyPrefix(cluster, history)
+	// A segment's data (<base>.seg.zst[.age]) lists right before its manifest
+	// (<base>.t...json): the listing gives the summary its stored size, which a restore
+	// counts when it checks for free space, without reading the manifest.
+	data := map[string]int64{} // the data objects listed since the last manifest
 	err := store.Walk(ctx, st, dir, dir+fmt.Sprintf("%020d~", max(after, 0)), func(o store.ObjectInfo) bool {
 		if !strings.HasSuffix(o.Key, ".json") {
+			data[o.Key] = o.Size
 			return true
 		}
 		m, ok := summary(cluster, history, o.Key)
 		if !ok {
 			return true // observed.json, or a name of someone else's
 		}
+		m.Size = max(data[m.Object], data[m.Object+store.EncryptedExt])
+		clear(data)
 		return keep(m)
 	})
 	if err != nil {

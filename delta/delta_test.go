@@ -493,6 +493,50 @@ func TestSegmentsAndSummaries(t *testing.T) {
 	}
 }
 
+// A listing's summaries carry each segment's stored size (a restore's free-space check
+// counts it), plain or encrypted, without reading a manifest.
+func TestSegmentsCarryStoredSize(t *testing.T) {
+	ctx := context.Background()
+	id := must(age.GenerateX25519Identity())
+	idFile := filepath.Join(t.TempDir(), "id")
+	must(0, os.WriteFile(idFile, []byte(id.String()), 0o600))
+	for _, tc := range []struct {
+		name    string
+		encrypt bool
+	}{{"plain", false}, {"encrypted", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := must(file.Open(t.TempDir()))
+			var st store.Store = fs
+			if tc.encrypt {
+				st = crypt.Wrap(fs, must(crypt.ParseRecipients([]string{id.Recipient().String()}, nil)), must(crypt.LoadIdentities(idFile)))
+			}
+			want := map[int64]int64{} // to_rev → size of the stored object
+			for from := int64(1); from < 40; from += 10 {
+				var revs []Revision
+				for r := from; r <= from+9; r++ {
+					revs = append(revs, Revision{Rev: r, Time: time.Now(), Events: []Event{{Key: []byte("/k"), Value: bytes.Repeat([]byte{byte(r)}, int(r)*100)}}})
+				}
+				w := must(WriteSegment(ctx, st, "c1", h1, revs))
+				want[w.ToRev] = must(fs.Stat(ctx, w.Object)).Size
+			}
+			for _, after := range []int64{0, 15} {
+				segs := must(Segments(ctx, st, "c1", h1.History, after, nil))
+				if len(segs) == 0 {
+					t.Fatalf("after %d: no segments", after)
+				}
+				for _, m := range segs {
+					if m.SHA256 != "" {
+						t.Fatalf("%s: a manifest was read; the listing should do", m.Object)
+					}
+					if m.Size == 0 || m.Size != want[m.ToRev] {
+						t.Fatalf("after %d: segment %s lists size %d, the stored object is %d bytes", after, m.Object, m.Size, want[m.ToRev])
+					}
+				}
+			}
+		})
+	}
+}
+
 // A snapshot taken while capture was down is newer than the last segment: capture resumes
 // right after the segment while etcd still holds those revisions, leaving no gap, instead of
 // jumping to the snapshot.

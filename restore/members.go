@@ -125,6 +125,26 @@ func sameURLs(a, b []string) bool {
 	return errA == nil && errB == nil && types.URLs(ua).String() == types.URLs(ub).String()
 }
 
+// CheckToken refuses a restore of some members of --initial-cluster without
+// --initial-cluster-token: each host's run would pick its own fresh token, and members
+// restored with different tokens never form one cluster. Restoring every member in one
+// run may leave the token to NewToken.
+func CheckToken(members []Member, initialCluster, token string) error {
+	if token != "" {
+		return nil
+	}
+	all, err := ParseInitialCluster(initialCluster)
+	if err != nil || len(all) <= len(members) {
+		return err
+	}
+	names := make([]string, len(members))
+	for i, m := range members {
+		names[i] = m.Name
+	}
+	return fmt.Errorf("--initial-cluster has %d members and this run restores only %s: give --initial-cluster-token, the same on every member's run (each run would pick its own token otherwise, and the members would never form one cluster), or restore all of them in one run with --all-members",
+		len(all), strings.Join(names, ", "))
+}
+
 // NewToken returns a fresh --initial-cluster-token, so a restored cluster gets a new
 // cluster ID and can never be mistaken for (or joined to) the old one.
 func NewToken() string {

@@ -41,6 +41,10 @@ type Options struct {
 	Deltas     []*delta.Manifest
 	TargetRev  int64
 	TargetTime time.Time
+	// Chosen says that the snapshot was chosen for the point asked (--at, --revision,
+	// --snapshot latest), not named by its id: when it turns out corrupt, the failed
+	// verification is recorded and a second run chooses the next older one.
+	Chosen bool
 }
 
 // Result is what was restored; its JSON form is `restore -o json`.
@@ -71,6 +75,9 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 	}
 	if (opts.BumpRevision > 0) != opts.MarkCompacted {
 		return nil, errors.New("--bump-revision and --mark-compacted go together: give both (etcd's restore requires the pair)")
+	}
+	if err := CheckToken(opts.Members, opts.InitialCluster, opts.Token); err != nil {
+		return nil, err
 	}
 	if opts.Token == "" {
 		opts.Token = NewToken()
@@ -133,6 +140,10 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 	created = append(created, dbPath)
 	start := time.Now()
 	if err := download(ctx, st, m, dbPath); err != nil {
+		var corrupt *snapshot.CorruptError
+		if errors.As(err, &corrupt) {
+			return nil, corruptBase(ctx, st, m, corrupt, opts.Chosen)
+		}
 		return nil, err
 	}
 	slog.InfoContext(ctx, "snapshot downloaded and verified", "snapshot", m.ID, "db_size", m.DBSize, "took", since(start))
@@ -268,6 +279,33 @@ func download(ctx context.Context, st store.Store, m *snapshot.Manifest, path st
 		return fmt.Errorf("writing %s: %w", path, diskError(err, m.DBSize))
 	}
 	return nil
+}
+
+// CorruptBaseError is a snapshot that download found corrupt; Err says how.
+type CorruptBaseError struct {
+	msg string
+	Err *snapshot.CorruptError
+}
+
+func (e *CorruptBaseError) Error() string { return e.msg }
+func (e *CorruptBaseError) Unwrap() error { return e.Err }
+
+// corruptBase records, as `snapshot verify` does, that m failed verification, so no
+// restore, retention or freshness check counts it again, and says what to do next: a
+// base chosen for a point is replaced by the next older one when the restore runs again.
+func corruptBase(ctx context.Context, st store.Store, m *snapshot.Manifest, c *snapshot.CorruptError, chosen bool) error {
+	problems := strings.Join(c.Problems, "; ")
+	rep := &snapshot.VerifyReport{ID: m.ID, Cluster: m.Cluster, Object: m.Object, Problems: c.Problems}
+	if err := snapshot.RecordVerification(context.WithoutCancel(ctx), st, rep); err != nil {
+		return &CorruptBaseError{Err: c, msg: fmt.Sprintf("snapshot %s is corrupt (%s) and recording its failed verification failed too (%v); nothing was written: "+
+			"run `etcdguard snapshot verify %s` with write access to the store, then the restore again (it then uses an older snapshot)", m.ID, problems, err, m.ID)}
+	}
+	if chosen {
+		return &CorruptBaseError{Err: c, msg: fmt.Sprintf("snapshot %s, chosen as the base, is corrupt (%s); its failed verification is recorded and nothing was written: "+
+			"run the same restore again, it will use the next older snapshot", m.ID, problems)}
+	}
+	return &CorruptBaseError{Err: c, msg: fmt.Sprintf("snapshot %s is corrupt (%s); its failed verification is recorded and nothing was written: "+
+		"restore another snapshot (`etcdguard snapshot list`)", m.ID, problems)}
 }
 
 // checkTargets refuses data and WAL dirs that exist and are not empty: a restore never

@@ -467,8 +467,10 @@ func TestRestoreRefusesBadDeltas(t *testing.T) {
 	if err != nil || plan.Base.ID != base.ID || len(plan.Deltas) != 3 || plan.Deltas[2].ToRev != segs[2].ToRev || plan.TargetRev != target {
 		t.Fatalf("plan for revision %d: %+v, %v; want the 3 segments up to it", target, plan, err)
 	}
-	if got, all := replayGrowth(plan.Deltas), replayGrowth(segs); got >= all {
-		t.Fatalf("free space counted for %d segments' growth: %d of %d", len(plan.Deltas), got, all)
+	// The plan's segments come from a listing: each carries its stored size, so the check
+	// counts exactly the 3 planned ones (a size of 0 would let any disk pass).
+	if got, want, all := replayGrowth(plan.Deltas), replayGrowth(segs[:3]), replayGrowth(segs); got == 0 || got != want || got >= all {
+		t.Fatalf("free space counted for %d segments' growth: %d, want %d (of %d for all %d)", len(plan.Deltas), got, want, all, len(segs))
 	}
 	// The same deltas, intact, reach the target.
 	parent := filepath.Join(t.TempDir(), "restore")
@@ -496,5 +498,107 @@ func must[T any](v T, err error) T {
 func flip(b []byte) {
 	for i := range b {
 		b[i] ^= 0xff
+	}
+}
+
+// A corrupt newest base that nobody verified fails the restore, writing nothing; the
+// restore records the failed verification as `snapshot verify` does, so the next run (of
+// --at, --revision or latest, where no flag names the base) plans from the next older one.
+func TestRestoreRecordsCorruptBase(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 3)
+	older, newest := f.snaps[1], f.snaps[2]
+	b := must(store.ReadAll(ctx, f.st, newest.Object, 64<<20))
+	flip(b[len(b)/2:][:16])
+	must(0, store.PutBytes(ctx, f.st, newest.Object, b))
+
+	tests := []struct {
+		name   string
+		chosen bool
+		want   string
+	}{
+		{"chosen for a point", true, "run the same restore again, it will use the next older snapshot"},
+		{"named by id", false, "restore another snapshot"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			plan := must(Select(ctx, f.st, "c1", Selector{ID: "latest"}))
+			if plan.Base.ID != newest.ID {
+				t.Fatalf("latest is %s before any restore found it corrupt, want %s", plan.Base.ID, newest.ID)
+			}
+			parent := filepath.Join(t.TempDir(), "restore")
+			opts := oneMember(t, parent)
+			opts.Chosen = tc.chosen
+			_, err := Restore(ctx, f.st, plan.Base, opts)
+			var corrupt *snapshot.CorruptError
+			if !errors.As(err, &corrupt) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "is recorded and nothing was written") {
+				t.Fatalf("err = %v, want a corrupt snapshot saying %q", err, tc.want)
+			}
+			if _, err := os.Stat(parent); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the failed restore left %v", entries(t, parent))
+			}
+			if m := must(snapshot.Find(ctx, f.st, "c1", newest.ID)); m.Verification != snapshot.Failed || len(m.Problems) == 0 {
+				t.Fatalf("snapshot %s is %q %v after the restore found it corrupt, want failed", m.ID, m.Verification, m.Problems)
+			}
+			// The second run: the next older base, and a restore that works.
+			plan = must(Select(ctx, f.st, "c1", Selector{ID: "latest"}))
+			if plan.Base.ID != older.ID {
+				t.Fatalf("the second run chose %s, want the next older %s", plan.Base.ID, older.ID)
+			}
+			opts = oneMember(t, parent)
+			opts.Chosen = tc.chosen
+			if _, err := Restore(ctx, f.st, plan.Base, opts); err != nil {
+				t.Fatal(err)
+			}
+			// For the next case: the newest is unverified again (its record removed).
+			must(0, f.st.Delete(ctx, "c1/snapshots/"+newest.ID+".failed.json"))
+		})
+	}
+}
+
+// Members of one cluster restored on their own hosts (--name) need one token: a token each
+// run picks for itself would make members that never form a cluster. Refused, writing
+// nothing, unless the token is given or every member is restored in one run.
+func TestRestoreTokenForSomeMembers(t *testing.T) {
+	f := newFixture(t, 1)
+	const three = "m1=http://127.0.0.1:2380,m2=http://127.0.0.2:2380,m3=http://127.0.0.3:2380"
+	tests := []struct {
+		name    string
+		plan    MemberPlan
+		token   string
+		wantErr string
+	}{
+		{name: "one of three without a token", plan: MemberPlan{InitialCluster: three, Name: "m2"},
+			wantErr: "this run restores only m2: give --initial-cluster-token, the same on every member's run"},
+		{name: "one of three with a token", plan: MemberPlan{InitialCluster: three, Name: "m2"}, token: "etcd-restore-dr1"},
+		{name: "all three in one run", plan: MemberPlan{InitialCluster: three, AllMembers: true}},
+		{name: "a one-member cluster", plan: MemberPlan{InitialCluster: "m1=http://127.0.0.1:2380", Name: "m1"}},
+		{name: "one member with two peer URLs", plan: MemberPlan{InitialCluster: "m1=http://127.0.0.1:2380,m1=http://127.0.0.1:2381", Name: "m1"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			parent := filepath.Join(t.TempDir(), "restore")
+			tc.plan.DataDir = filepath.Join(parent, "m.etcd")
+			if tc.plan.AllMembers {
+				tc.plan.DataDir = parent
+			}
+			members := must(tc.plan.Members())
+			res, err := Restore(context.Background(), f.st, f.snaps[0], Options{Members: members, InitialCluster: tc.plan.InitialCluster, Token: tc.token})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				if _, err := os.Stat(parent); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("the refused restore left %v", entries(t, parent))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.token != "" && res.Token != tc.token || len(res.Members) != len(members) {
+				t.Fatalf("restored %d members with token %q", len(res.Members), res.Token)
+			}
+		})
 	}
 }

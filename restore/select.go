@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -71,15 +72,17 @@ func Select(ctx context.Context, st store.Store, cluster string, sel Selector) (
 		}
 		return &Plan{Base: m}, nil
 	}
-	all, err := snapshot.List(ctx, st, cluster)
+	listed, err := snapshot.List(ctx, st, cluster)
 	if err != nil {
 		return nil, err
 	}
-	// A snapshot that failed verification, or whose object is gone, is never a base.
-	all = slices.DeleteFunc(all, func(m *snapshot.Manifest) bool {
-		return !snapshot.Usable(m) || sel.History != "" && m.History != sel.History
-	})
-	if len(all) == 0 {
+	if sel.History != "" {
+		listed = slices.DeleteFunc(listed, func(m *snapshot.Manifest) bool { return m.History != sel.History })
+	}
+	// A snapshot that failed verification, or whose object is gone, is never a base; it
+	// still shows how far its history went.
+	usable := slices.DeleteFunc(slices.Clone(listed), func(m *snapshot.Manifest) bool { return !snapshot.Usable(m) })
+	if len(usable) == 0 {
 		in := ""
 		if sel.History != "" {
 			in = " in history " + sel.History
@@ -87,9 +90,45 @@ func Select(ctx context.Context, st store.Store, cluster string, sel Selector) (
 		return nil, fmt.Errorf("cluster %s has %w%s in %s", cluster, snapshot.ErrNoSnapshots, in, st)
 	}
 	if !sel.At.IsZero() {
-		return selectTime(ctx, st, cluster, all, sel.At)
+		return selectTime(ctx, st, cluster, listed, usable, sel.At)
 	}
-	return selectRevision(ctx, st, cluster, all, sel.Revision)
+	return selectRevision(ctx, st, cluster, listed, usable, sel.Revision)
+}
+
+// point is the point --at or --revision asks for, as snapshots, segments and capture's
+// observations compare with it.
+type point struct {
+	what string
+	rev  int64     // --revision
+	at   time.Time // --at
+	// cmp says where a snapshot is: < 0 before the point, 0 at it, > 0 after it.
+	cmp func(*snapshot.Manifest) int
+	// done says a segment ends at or after the point; seen, that capture saw its history
+	// there or later.
+	done func(*delta.Manifest) bool
+	seen func(*delta.Observed) bool
+	// why revision numbers or times of two histories overlap.
+	overlap string
+}
+
+func revisionPoint(rev int64) point {
+	return point{
+		what: fmt.Sprintf("revision %d", rev), rev: rev,
+		cmp:     func(m *snapshot.Manifest) int { return cmp.Compare(m.Revision, rev) },
+		done:    func(s *delta.Manifest) bool { return s.ToRev >= rev },
+		seen:    func(o *delta.Observed) bool { return o.Revision >= rev },
+		overlap: "a restore without --bump-revision reuses revision numbers",
+	}
+}
+
+func timePoint(at time.Time) point {
+	return point{
+		what: at.UTC().Format(time.RFC3339Nano), at: at,
+		cmp:     func(m *snapshot.Manifest) int { return m.CreatedAt.Compare(at) },
+		done:    func(s *delta.Manifest) bool { return !s.LastTime.Before(at) },
+		seen:    func(o *delta.Observed) bool { return !o.Time.Before(at) },
+		overlap: "etcd clusters of both ran at that time under this cluster name",
+	}
 }
 
 // reach is how far a base snapshot and the segments chained onto it go.
@@ -100,6 +139,7 @@ type reach struct {
 	time   time.Time
 	gapTo  int64 // > 0: the segments resume only after this revision (a gap)
 	caught bool  // the chain reached the target
+	beyond bool  // a segment listed ends at or after the target, even past a gap
 }
 
 // chain lists the segments of base's history from base on, until done says the target is
@@ -110,6 +150,7 @@ func chain(ctx context.Context, st store.Store, cluster string, base *snapshot.M
 		return nil, err
 	}
 	r := &reach{base: base, rev: base.Revision, time: base.CreatedAt}
+	r.beyond = len(segs) > 0 && done(segs[len(segs)-1])
 	for _, s := range segs {
 		if s.FromRev > r.rev+1 {
 			r.gapTo = s.FromRev - 1
@@ -126,85 +167,142 @@ func chain(ctx context.Context, st store.Store, cluster string, base *snapshot.M
 	return r, nil
 }
 
-func selectTime(ctx context.Context, st store.Store, cluster string, all []*snapshot.Manifest, at time.Time) (*Plan, error) {
-	i := slices.IndexFunc(all, func(m *snapshot.Manifest) bool { return !m.CreatedAt.After(at) }) // newest first
-	if i < 0 {
-		oldest := all[len(all)-1]
+func selectTime(ctx context.Context, st store.Store, cluster string, listed, usable []*snapshot.Manifest, at time.Time) (*Plan, error) {
+	if !slices.ContainsFunc(usable, func(m *snapshot.Manifest) bool { return !m.CreatedAt.After(at) }) {
+		oldest := usable[len(usable)-1] // newest first
 		return nil, fmt.Errorf("no snapshot of cluster %s was taken at or before %s: the first is %s from %s: %w",
 			cluster, at.UTC().Format(time.RFC3339), oldest.ID, oldest.CreatedAt.Format(time.RFC3339), store.ErrNotExist)
 	}
-	base := all[i]
-	if base.CreatedAt.Equal(at) {
-		return &Plan{Base: base}, nil
-	}
-	r, err := chain(ctx, st, cluster, base, func(s *delta.Manifest) bool { return !s.LastTime.Before(at) })
-	if err != nil {
-		return nil, err
-	}
-	if !r.caught && r.gapTo == 0 {
-		// Nothing was captured after the chain's end; if capture saw etcd stay at that
-		// revision until at or later, the state at `at` is still exactly known.
-		o, err := delta.ReadObserved(ctx, st, cluster, base.History)
-		if err != nil {
-			return nil, err
-		}
-		if o != nil && o.Revision == r.rev && o.Time.After(r.time) {
-			r.time = o.Time
-			r.caught = !o.Time.Before(at)
-		}
-	}
-	if !r.caught {
-		return nil, unreachable(fmt.Sprintf("%s is past what was captured", at.UTC().Format(time.RFC3339)), r, all[:i])
-	}
-	return &Plan{Base: base, Deltas: r.segs, TargetTime: at}, nil
+	return selectPoint(ctx, st, cluster, listed, usable, timePoint(at))
 }
 
-func selectRevision(ctx context.Context, st store.Store, cluster string, all []*snapshot.Manifest, rev int64) (*Plan, error) {
-	// The newest snapshot at or below rev in each history is where a replay starts.
-	var bases []*snapshot.Manifest
-	for _, m := range all {
-		if m.Revision <= rev && !slices.ContainsFunc(bases, func(b *snapshot.Manifest) bool { return b.History == m.History && b.Revision >= m.Revision }) {
-			bases = slices.DeleteFunc(bases, func(b *snapshot.Manifest) bool { return b.History == m.History })
-			bases = append(bases, m)
-		}
-	}
-	if len(bases) == 0 {
-		oldest := slices.MinFunc(all, func(a, b *snapshot.Manifest) int { return int(a.Revision - b.Revision) })
+func selectRevision(ctx context.Context, st store.Store, cluster string, listed, usable []*snapshot.Manifest, rev int64) (*Plan, error) {
+	if !slices.ContainsFunc(usable, func(m *snapshot.Manifest) bool { return m.Revision <= rev }) {
+		oldest := slices.MinFunc(usable, func(a, b *snapshot.Manifest) int { return cmp.Compare(a.Revision, b.Revision) })
 		return nil, fmt.Errorf("no snapshot of cluster %s is at or below revision %d: the oldest, %s, is at revision %d: %w",
 			cluster, rev, oldest.ID, oldest.Revision, store.ErrNotExist)
 	}
-	var reached, short []*reach
-	for _, b := range bases {
-		r, err := chain(ctx, st, cluster, b, func(s *delta.Manifest) bool { return s.ToRev >= rev })
-		if err != nil {
-			return nil, err
+	return selectPoint(ctx, st, cluster, listed, usable, revisionPoint(rev))
+}
+
+// candidate is one history that has a snapshot at or before the point.
+type candidate struct {
+	history  string
+	r        *reach // from its newest usable snapshot at or before the point; nil if none
+	contains bool   // the history went through the point: a restore of it may mean this one
+}
+
+// selectPoint plans the restore of p from the one history that went through it. A history
+// went through p if it has a snapshot at or before p and a snapshot, a segment or an
+// observation of capture at or after it. When two did, which one is meant is the
+// operator's choice (--history), even if only one of them can be replayed to p exactly:
+// restoring the other silently would restore data that never was at p in the history
+// the operator means.
+func selectPoint(ctx context.Context, st store.Store, cluster string, listed, usable []*snapshot.Manifest, p point) (*Plan, error) {
+	var cands []*candidate
+	for _, m := range listed { // newest first
+		if p.cmp(m) > 0 || slices.ContainsFunc(cands, func(c *candidate) bool { return c.history == m.History }) {
+			continue
 		}
-		if b.Revision == rev {
-			r.caught, r.segs = true, nil
+		c := &candidate{history: m.History}
+		c.contains = slices.ContainsFunc(listed, func(o *snapshot.Manifest) bool { return o.History == m.History && p.cmp(o) >= 0 })
+		if i := slices.IndexFunc(usable, func(o *snapshot.Manifest) bool { return o.History == m.History && p.cmp(o) <= 0 }); i >= 0 {
+			base := usable[i]
+			if p.cmp(base) == 0 {
+				c.r = &reach{base: base, rev: base.Revision, time: base.CreatedAt, caught: true}
+			} else {
+				r, err := chain(ctx, st, cluster, base, p.done)
+				if err != nil {
+					return nil, err
+				}
+				c.r = r
+			}
+			c.contains = c.contains || c.r.caught || c.r.beyond
+		} else if !c.contains {
+			segs, err := delta.Segments(ctx, st, cluster, m.History, m.Revision, p.done)
+			if err != nil {
+				return nil, err
+			}
+			c.contains = len(segs) > 0 && p.done(segs[len(segs)-1])
 		}
-		if r.caught {
-			reached = append(reached, r)
-		} else {
-			short = append(short, r)
+		if c.r != nil && !c.r.caught && c.r.gapTo == 0 || !c.contains {
+			// Nothing was captured after the chain's end; if capture saw etcd stay at that
+			// revision until the point or later, the state there is still exactly known.
+			o, err := delta.ReadObserved(ctx, st, cluster, m.History)
+			if err != nil {
+				return nil, err
+			}
+			if o != nil && c.r != nil && !c.r.caught && c.r.gapTo == 0 && o.Revision == c.r.rev && o.Time.After(c.r.time) {
+				c.r.time = o.Time
+				c.r.caught = p.seen(o)
+			}
+			c.contains = c.contains || c.r != nil && c.r.caught || o != nil && p.seen(o)
+		}
+		cands = append(cands, c)
+	}
+	var in []*candidate
+	for _, c := range cands {
+		if c.contains {
+			in = append(in, c)
 		}
 	}
-	switch len(reached) {
+	switch len(in) {
 	case 0:
-		return nil, unreachable(fmt.Sprintf("revision %d is past what was captured", rev), short[0], nil)
-	case 1:
-		r := reached[0]
-		p := &Plan{Base: r.base, Deltas: r.segs}
-		if len(r.segs) > 0 {
-			p.TargetRev = rev
+		// Past everything captured: explain from the newest base.
+		for _, b := range usable {
+			if i := slices.IndexFunc(cands, func(c *candidate) bool { return c.r != nil && c.r.base == b }); i >= 0 {
+				return nil, unreachable(p.what+" is past what was captured", cands[i].r, p.newer(usable, b))
+			}
 		}
-		return p, nil
+		return nil, fmt.Errorf("%w: %s: no usable snapshot of cluster %s is at or before it (`etcdguard snapshot list`)", ErrUnreachable, p.what, cluster)
+	case 1:
+		c := in[0]
+		switch {
+		case c.r == nil:
+			return nil, fmt.Errorf("%w: %s is in history %s of cluster %s, but none of its snapshots at or before it is usable (they failed verification or lost their object; `etcdguard snapshot list`)",
+				ErrUnreachable, p.what, c.history, cluster)
+		case !c.r.caught:
+			return nil, unreachable(p.what+" is past what was captured", c.r, p.newer(usable, c.r.base))
+		}
+		plan := &Plan{Base: c.r.base, Deltas: c.r.segs}
+		if p.cmp(c.r.base) != 0 {
+			plan.TargetRev, plan.TargetTime = p.rev, p.at
+		}
+		if len(plan.Deltas) == 0 {
+			plan.Deltas, plan.TargetRev = nil, 0 // the snapshot alone is exactly the point
+		}
+		return plan, nil
 	}
 	var hs []string
-	for _, r := range reached {
-		hs = append(hs, fmt.Sprintf("--history %s (from snapshot %s)", r.base.History, r.base.ID))
+	for _, c := range in {
+		switch {
+		case c.r == nil:
+			hs = append(hs, fmt.Sprintf("--history %s (which cannot restore it exactly: none of its snapshots at or before it is usable)", c.history))
+		case !c.r.caught:
+			hs = append(hs, fmt.Sprintf("--history %s (which cannot restore it exactly: its latest reachable point from snapshot %s is revision %d, %s)",
+				c.history, c.r.base.ID, c.r.rev, c.r.time.UTC().Format(time.RFC3339Nano)))
+		default:
+			hs = append(hs, fmt.Sprintf("--history %s (from snapshot %s)", c.history, c.r.base.ID))
+		}
 	}
-	return nil, fmt.Errorf("%w: revision %d exists in %d histories of cluster %s (a restore without --bump-revision reuses revision numbers): choose one with %s",
-		ErrUnreachable, rev, len(reached), cluster, strings.Join(hs, " or "))
+	return nil, fmt.Errorf("%w: %s is in %d histories of cluster %s (%s): choose one with %s",
+		ErrUnreachable, p.what, len(in), cluster, p.overlap, strings.Join(hs, " or "))
+}
+
+// newer returns the usable snapshots a refusal may offer instead of base, newest first:
+// for a time, every one taken after base; for a revision, those of base's history above it
+// (another history's revision numbers mean other data).
+func (p point) newer(usable []*snapshot.Manifest, base *snapshot.Manifest) []*snapshot.Manifest {
+	if p.rev == 0 {
+		return usable[:slices.Index(usable, base)]
+	}
+	var out []*snapshot.Manifest
+	for _, m := range usable {
+		if m.History == base.History && m.Revision > base.Revision {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // unreachable explains why r does not get to the point asked, naming what does: the latest

@@ -45,7 +45,7 @@ is never touched. Prints the etcd command line to start each member.`,
 	f.Int64Var(&o.revision, "revision", 0, "restore exactly revision N: the newest snapshot at or below it, plus the deltas up to N")
 	f.StringVar(&o.history, "history", "", "with --at or --revision: the history to restore from (see `etcdguard timeline`; needed when a restore without --bump-revision made revisions repeat)")
 	f.StringVar(&o.members.InitialCluster, "initial-cluster", "", "the new cluster's members: name=https://host:2380,... (as etcd's flag)")
-	f.StringVar(&o.token, "initial-cluster-token", "", "token of the new cluster (default: a fresh one, so the cluster gets a new ID)")
+	f.StringVar(&o.token, "initial-cluster-token", "", "token of the new cluster, the same on every member (default with --all-members or a one-member cluster: a fresh one, so the cluster gets a new ID; required when --name restores one member of several)")
 	f.StringVar(&o.members.Name, "name", "", "the member to write (one of --initial-cluster)")
 	f.StringSliceVar(&o.members.AdvertiseTo, "initial-advertise-peer-urls", nil, "the member's peer URLs (default: from --initial-cluster)")
 	f.StringVar(&o.members.DataDir, "data-dir", "", "the member's data dir (default NAME.etcd); with --all-members, their parent")
@@ -70,6 +70,9 @@ func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error 
 	if err != nil {
 		return err
 	}
+	if err := restore.CheckToken(members, o.members.InitialCluster, o.token); err != nil {
+		return err
+	}
 	st, cluster, err := g.storeAndCluster(ctx)
 	if err != nil {
 		return err
@@ -87,6 +90,7 @@ func runRestore(ctx context.Context, g *globalOptions, o *restoreOptions) error 
 		Members: members, InitialCluster: o.members.InitialCluster, Token: o.token,
 		BumpRevision: o.bump, MarkCompacted: o.compact,
 		Deltas: plan.Deltas, TargetRev: plan.TargetRev, TargetTime: plan.TargetTime,
+		Chosen: o.snapshot == "" || o.snapshot == "latest",
 	}
 	if len(opts.Deltas) == 0 {
 		// Not for a replay: etcd's MVCC index holds every key and revision in memory,

@@ -151,6 +151,8 @@ func TestE2ERestore(t *testing.T) {
 			{[]string{"--name", "a", "--initial-cluster", "a=http://127.0.0.1:2380"}, "exactly one of --snapshot"},
 			{[]string{"--snapshot", "latest", "--all-members", "--name", "a", "--initial-cluster", "a=http://127.0.0.1:2380", "--data-dir", parent}, "--name cannot be used with --all-members"},
 			{[]string{"--snapshot", "latest", "--name", "a", "--initial-cluster", "a=http://127.0.0.1:2380", "--data-dir", parent + "/x", "--bump-revision", "5"}, "go together"},
+			// One member of several on its own host: every host's run needs the same token.
+			{[]string{"--snapshot", "latest", "--name", "a", "--initial-cluster", "a=http://127.0.0.1:2380,b=http://127.0.0.2:2380", "--data-dir", parent + "/x"}, "give --initial-cluster-token, the same on every member's run"},
 		}
 		for _, tc := range tests {
 			r := run(t, env, append([]string{"restore"}, tc.args...)...)
