@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,6 +30,9 @@ type owner struct {
 	locks []*os.File // each renamed to its final name after it was locked
 	paths []string   // their final names
 }
+
+// ownerID matches the ids newOwner makes.
+var ownerID = regexp.MustCompile(`^r[0-9a-f]{12}$`)
 
 func newOwner() *owner {
 	var b [6]byte
@@ -116,7 +120,7 @@ func removeLeftovers(ctx context.Context, target string) {
 		if !named {
 			id, named = strings.CutSuffix(rest, ".lock")
 		}
-		if _, err := strconv.Atoi(id); !named || err != nil && !strings.HasPrefix(id, "r") {
+		if _, err := strconv.Atoi(id); !named || err != nil && !ownerID.MatchString(id) {
 			continue // not named by a restore: cannot tell, kept
 		}
 		byOwner[id] = append(byOwner[id], filepath.Join(parent, name))

@@ -99,10 +99,23 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 			}
 		}
 	}
+	// The parent dirs this restore made go last on a failure, and only if empty: another
+	// restore may be writing into them too (its target beside this one's).
+	var madeDirs []string
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(madeDirs) - 1; i >= 0; i-- {
+			if rerr := os.Remove(madeDirs[i]); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && !errors.Is(rerr, syscall.ENOTEMPTY) && !errors.Is(rerr, syscall.EEXIST) {
+				slog.Warn("could not remove a dir a failed restore made", "path", madeDirs[i], "err", rerr)
+			}
+		}
+	}()
 	own := newOwner()
 	defer own.release() // after the clean-up below: the lock outlives what it guards
 
-	// Everything this restore creates is recorded, and removed again on any failure.
+	// Everything else this restore creates is recorded, and removed again on any failure.
 	var created []string
 	defer func() {
 		if err == nil {
@@ -119,13 +132,11 @@ func Restore(ctx context.Context, st store.Store, m *snapshot.Manifest, opts Opt
 			if dir == "" {
 				continue
 			}
-			top, err := mkdirParents(dir)
+			made, err := mkdirParents(dir)
 			if err != nil {
 				return nil, err
 			}
-			if top != "" {
-				created = append(created, top)
-			}
+			madeDirs = append(madeDirs, made...)
 			if err := own.claim(dir); err != nil {
 				return nil, err
 			}
@@ -392,24 +403,24 @@ func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisec
 
 func mib(n int64) string { return fmt.Sprintf("%d MiB", (n+1<<20-1)>>20) }
 
-// mkdirParents creates dir's missing parents and returns the topmost one it created
-// ("" if none), so a failed restore can remove exactly what it made.
-func mkdirParents(dir string) (string, error) {
+// mkdirParents creates dir's missing parents and returns those it created, outermost
+// first, so a failed restore can remove exactly what it made.
+func mkdirParents(dir string) ([]string, error) {
 	parent := filepath.Dir(filepath.Clean(dir))
-	top := ""
+	var made []string // outermost first
 	for p := parent; ; p = filepath.Dir(p) {
 		if _, err := os.Stat(p); err == nil {
 			break
 		}
-		top = p
+		made = append([]string{p}, made...)
 		if filepath.Dir(p) == p {
 			break
 		}
 	}
 	if err := os.MkdirAll(parent, 0o700); err != nil {
-		return "", fmt.Errorf("creating %s: %w", parent, err)
+		return nil, fmt.Errorf("creating %s: %w", parent, err)
 	}
-	return top, nil
+	return made, nil
 }
 
 // tightenModes takes group and other bits off every file and dir under dir. etcd's

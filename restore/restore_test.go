@@ -310,7 +310,8 @@ func TestRestoreTargets(t *testing.T) {
 		dead, live := gone.Process.Pid, os.Getppid()
 		killed := fmt.Sprintf(".r1.etcd.etcdguard-%d-0badc0de", dead)
 		running := fmt.Sprintf(".r1.etcd.etcdguard-%d-00c0ffee", live)
-		unknown := ".r1.etcd.etcdguard-deadbeef" // no pid in it: cannot tell, kept
+		unknown := ".r1.etcd.etcdguard-deadbeef"   // no pid in it: cannot tell, kept
+		rescue := ".r1.etcd.etcdguard-rescue-copy" // an operator's, say: no restore names so
 		// Named under a lock: kept while a process holds it, whatever its PID namespace.
 		killedLocked, runningLocked, unlocked := ".r1.etcd.etcdguard-r0000000000a1-0badc0de", ".r1.etcd.etcdguard-r0000000000b2-00c0ffee", ".r1.etcd.etcdguard-r0000000000c3-feedf00d"
 		os.WriteFile(filepath.Join(parent, ".r1.etcd.etcdguard-r0000000000a1.lock"), nil, 0o600)
@@ -320,7 +321,7 @@ func TestRestoreTargets(t *testing.T) {
 		if err := syscall.Flock(int(hf.Fd()), syscall.LOCK_EX); err != nil {
 			t.Fatal(err)
 		}
-		for _, d := range []string{killed, running, unknown, killedLocked, runningLocked, unlocked} {
+		for _, d := range []string{killed, running, unknown, rescue, killedLocked, runningLocked, unlocked} {
 			os.MkdirAll(filepath.Join(parent, d, "member", "snap"), 0o700)
 			os.WriteFile(filepath.Join(parent, d, "member", "snap", "db"), []byte("half"), 0o600)
 		}
@@ -329,10 +330,25 @@ func TestRestoreTargets(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := entries(t, parent)
-		want := []string{running, unknown, runningLocked, filepath.Base(held), "r1.etcd"}
+		want := []string{running, unknown, rescue, runningLocked, filepath.Base(held), "r1.etcd"}
 		slices.Sort(want)
 		if !slices.Equal(got, want) {
 			t.Fatalf("parent holds %v, want %v", got, want)
+		}
+	})
+	t.Run("a failed restore keeps what another writes beside it", func(t *testing.T) {
+		parent := filepath.Join(t.TempDir(), "new") // made by this restore
+		other := filepath.Join(parent, "r2.etcd")   // another restore's, finished meanwhile
+		st := &getHook{Store: f.st, before: func() {
+			if err := os.MkdirAll(filepath.Join(other, "member"), 0o700); err != nil {
+				t.Error(err)
+			}
+		}}
+		if _, err := Restore(context.Background(), st, m, oneMember(t, parent)); err == nil {
+			t.Fatal("a restore whose download fails succeeded")
+		}
+		if got := entries(t, parent); !slices.Equal(got, []string{"r2.etcd"}) {
+			t.Fatalf("after the failed restore %s holds %v, want only the other restore's r2.etcd", parent, got)
 		}
 	})
 	t.Run("cancelled restore leaves nothing", func(t *testing.T) {
@@ -601,4 +617,15 @@ func TestRestoreTokenForSomeMembers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// getHook runs before on each Get, then fails it.
+type getHook struct {
+	store.Store
+	before func()
+}
+
+func (g *getHook) Get(context.Context, string) (io.ReadCloser, error) {
+	g.before()
+	return nil, errors.New("connection reset by peer")
 }

@@ -52,7 +52,8 @@ func TestRestoreLeftoversAcrossPIDNamespaces(t *testing.T) {
 	}
 	// inNamespace starts a restore as PID 1 of a new PID namespace and returns, once it
 	// has begun to write beside target, its host PID and the unshare that waits for it.
-	inNamespace := func(target string) (*exec.Cmd, int) {
+	inNamespace := func(t *testing.T, target string) (*exec.Cmd, int) {
+		t.Helper()
 		cmd := exec.Command("unshare", append([]string{"-Urpf", "--kill-child", etcdguardBin}, restoreTo(target)...)...)
 		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
 		if err := cmd.Start(); err != nil {
@@ -62,8 +63,7 @@ func TestRestoreLeftoversAcrossPIDNamespaces(t *testing.T) {
 		pid := 0
 		for deadline := time.Now().Add(testharness.Budget(30 * time.Second)); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 			if pid == 0 {
-				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
-				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				pid = childOf(cmd.Process.Pid)
 			}
 			for _, name := range hidden(filepath.Dir(target)) {
 				if pid != 0 && !strings.HasSuffix(name, ".lock") && !strings.Contains(name, "~") {
@@ -78,7 +78,7 @@ func TestRestoreLeftoversAcrossPIDNamespaces(t *testing.T) {
 	t.Run("killed", func(t *testing.T) {
 		parent := filepath.Join(t.TempDir(), "k")
 		target := filepath.Join(parent, "m.etcd")
-		cmd, pid := inNamespace(target)
+		cmd, pid := inNamespace(t, target)
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +101,7 @@ func TestRestoreLeftoversAcrossPIDNamespaces(t *testing.T) {
 	t.Run("running", func(t *testing.T) {
 		parent := filepath.Join(t.TempDir(), "r")
 		target := filepath.Join(parent, "m.etcd")
-		_, pid := inNamespace(target)
+		_, pid := inNamespace(t, target)
 		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
@@ -115,4 +115,22 @@ func TestRestoreLeftoversAcrossPIDNamespaces(t *testing.T) {
 			t.Fatalf("a restore removed what a live one in another PID namespace writes: %v before, %v after", held, got)
 		}
 	})
+}
+
+// childOf is the PID of a child of process ppid (0: none yet), from /proc/*/stat.
+func childOf(ppid int) int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+		i := strings.LastIndexByte(string(b), ')')
+		if f := strings.Fields(string(b[i+1:])); i > 0 && len(f) > 1 && f[1] == strconv.Itoa(ppid) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			return pid
+		}
+	}
+	return 0
 }
