@@ -138,10 +138,10 @@ func Save(ctx context.Context, cli *clientv3.Client, st store.Store, opts SaveOp
 		}
 		return nil, fmt.Errorf("starting snapshot of %s: %w", opts.Endpoint, err)
 	}
+	// The manifest names the server's version (Status): the storage version the stream
+	// carries is the cluster's major.minor.0, and only once the server has recorded it,
+	// seconds after it started.
 	defer resp.Snapshot.Close()
-	if resp.Version != "" {
-		m.EtcdVersion = resp.Version
-	}
 	log.InfoContext(ctx, "snapshot started", "id", m.ID, "object", m.Object)
 
 	pr, pw := io.Pipe()

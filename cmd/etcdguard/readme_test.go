@@ -96,6 +96,7 @@ var (
 	qsPortOrHost   = regexp.MustCompile(`:\d+|localhost`)
 	qsSnapshotID   = regexp.MustCompile(`\b\d{8}T\d{6}Z-[0-9a-f]{6}\b`)
 	qsPlanID       = regexp.MustCompile(`\bp-\d{8}T\d{6}-[0-9a-f]{6}\b`)
+	qsAttempt      = regexp.MustCompile(`\ba-[0-9a-f]{12}\b`) // a confirm's, in its saved copy's name
 	qsClusterToken = regexp.MustCompile(`\betcd-restore-[0-9a-f]+\b`)
 	qsSHA256       = regexp.MustCompile(`\b[0-9a-f]{64}\b`)
 	qsMemberID     = regexp.MustCompile(`\bmember [0-9a-f]{1,16}\b`) // etcd prints them without leading zeros
@@ -149,6 +150,7 @@ func (n *qsNormalizer) normalize(lines []string) []string {
 	for i, l := range lines {
 		l = n.numbered("id", qsSnapshotID, l) // snapshots and histories share the form
 		l = n.numbered("plan", qsPlanID, l)
+		l = n.numbered("attempt", qsAttempt, l)
 		l = n.numbered("token", qsClusterToken, l)
 		l = n.numbered("sha256", qsSHA256, l)
 		l = n.numbered("member", qsMemberID, l)
