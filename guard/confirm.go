@@ -107,16 +107,35 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	} else if err != nil {
 		return nil, fmt.Errorf("%w; nothing was deleted", err)
 	}
-	mk := markerKey(p.Cluster, p.ID)
-	if p.Range.Contains(mk) {
-		return nil, refuse("%v; nothing was deleted", errHoldsMarker(p.Range, mk))
+	if err := holdsRecords(p.Range, p.Cluster); err != nil {
+		return nil, refuse("%v; nothing was deleted", err)
 	}
-	// The marker as this confirm finds it: its delete runs only if no other confirm's
-	// delete, and no settling of one, changed it since.
-	marker, err := readMarker(ctx, cli, mk)
+	// The marker says pending before anything is saved; this confirm's delete runs only
+	// if no other confirm, and no settling of one, changed it since.
+	mk := markerKey(p.Cluster, p.ID)
+	was, err := readMarker(ctx, cli, mk)
 	if err != nil {
 		return nil, fmt.Errorf("%w; nothing was deleted", err)
 	}
+	if strings.HasPrefix(was.value, "a-") {
+		// A confirm that started after this one read the plan's state executed it.
+		if copies, err := savedCopies(ctx, st, p.Cluster, p.ID); err == nil && copies[was.value] != "" {
+			return nil, refuse(executedByOther)
+		}
+		return nil, refuse("etcd's record key %s says confirm %s deleted its keys at revision %d, but the store holds neither its saved copy nor a record of it: "+
+			"look for them under %s before anything else; nothing was deleted", mk, was.value, was.mod, deletedPrefix(p.Cluster, p.ID))
+	}
+	claim, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(mk), "=", was.mod)).Then(clientv3.OpPut(mk, markerPending)).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("writing etcdguard's record key %s: %w; nothing was deleted: the plan can be confirmed again", mk, err)
+	}
+	if !claim.Succeeded {
+		if executedMeanwhile(ctx, cli, mk) {
+			return nil, refuse(executedByOther)
+		}
+		return nil, refuse("another confirm or undo of it is running (its record key %s changed); nothing was deleted: confirm again once it ended", mk)
+	}
+	marker := marker{value: markerPending, mod: claim.Header.Revision}
 	attempt := newAttempt()
 	saved := savedKey(st, p.Cluster, p.ID, attempt)
 	sw, err := newEntryWriter(ctx, st, saved)
@@ -229,9 +248,12 @@ func readMarker(ctx context.Context, cli *clientv3.Client, key string) (marker, 
 	return marker{value: string(resp.Kvs[0].Value), mod: resp.Kvs[0].ModRevision}, nil
 }
 
-// errHoldsMarker refuses a range that holds the plan's marker key: the delete writes it.
-func errHoldsMarker(r Range, key string) error {
-	return fmt.Errorf("the range %s holds %s, which the delete itself writes to record it: leave etcdguard's keys under /etcdguard/ out (plan the range in two parts around it)", r, key)
+// holdsRecords refuses a range that holds keys under RecordPrefix, the confirms' records.
+func holdsRecords(r Range, cluster string) error {
+	if pre := RecordPrefix(cluster); r.Overlaps(pre, clientv3.GetPrefixRangeEnd(pre)) {
+		return fmt.Errorf("the range %s holds %s, where each confirm records its delete: leave it out (plan the range in two parts around it)", r, pre)
+	}
+	return nil
 }
 
 // notDeleted is a confirm's answer when its delete's compare failed: etcd deleted
@@ -245,13 +267,32 @@ func notDeleted(ctx context.Context, cli *clientv3.Client, st store.Store, p *Pl
 	switch {
 	case err != nil:
 		return fmt.Errorf("%w; this confirm deleted nothing: `etcdguard guard plans` shows the plan's state", err)
-	case now.mod != was.mod && strings.HasPrefix(now.value, "a-"):
+	case now.mod != was.mod && (strings.HasPrefix(now.value, "a-") || executedMeanwhile(ctx, cli, markerKey(p.Cluster, p.ID))):
 		return refuse(executedByOther)
 	case now.mod != was.mod:
-		return refuse("another confirm or undo of it settled an interrupted confirm meanwhile, which stops every confirm then running; nothing was deleted: confirm again")
+		return refuse("another confirm or undo of it ran meanwhile (its record key %s changed); nothing was deleted: confirm again once it ended", markerKey(p.Cluster, p.ID))
 	}
 	return refuse("a key in the range was written while confirming; nothing was deleted; run --dry-run again")
 }
+
+// executedMeanwhile waits a little for another confirm of the plan, which claimed the
+// marker first, to delete: the answer to a confirm of a plan that is being executed.
+func executedMeanwhile(ctx context.Context, cli *clientv3.Client, mk string) bool {
+	for deadline := time.Now().Add(executedWait); ; time.Sleep(100 * time.Millisecond) {
+		m, err := readMarker(ctx, cli, mk)
+		switch {
+		case err != nil || m.value == markerCancelled:
+			return false
+		case strings.HasPrefix(m.value, "a-"):
+			return true
+		case time.Now().After(deadline) || ctx.Err() != nil:
+			return false
+		}
+	}
+}
+
+// executedWait is how long a confirm that lost the race waits for the winner's delete.
+var executedWait = 10 * time.Second
 
 // executedByOther is the refusal of a confirm that lost the race to another of its plan.
 const executedByOther = "it is executed: another confirm of it deleted its keys while this one was confirming; this one deleted nothing"
@@ -328,7 +369,7 @@ func interrupted(ctx context.Context, cli *clientv3.Client, st store.Store, p *P
 }
 
 // errCannotTell: whether an interrupted confirm deleted a plan's keys cannot be told.
-var errCannotTell = errors.New("cannot tell whether it deleted them")
+var errCannotTell = errors.New("cannot be told")
 
 // settle decides, from etcd's marker key, what happened to a plan whose keys a confirm
 // saved but whose execution is not recorded. A marker holding the attempt of a saved copy
@@ -344,7 +385,7 @@ func settle(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, 
 		return nil, err
 	}
 	if legacy, ok := copies[""]; ok {
-		return nil, fmt.Errorf("%w: a confirm by an older etcdguard, which wrote no record key to etcd, saved plan %s's keys to %s and was interrupted; whether it deleted them %w",
+		return nil, fmt.Errorf("%w: a confirm by an older etcdguard, which wrote no record key to etcd, saved plan %s's keys to %s and was interrupted: whether it deleted them %w",
 			ErrRefused, p.ID, legacy, errCannotTell)
 	}
 	mk := markerKey(p.Cluster, p.ID)
@@ -353,12 +394,30 @@ func settle(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, 
 		if err != nil {
 			return nil, err
 		}
-		if saved, ok := copies[m.value]; ok {
-			return executedBy(ctx, cli, st, p, m, saved, copies, etcdUser)
-		}
-		if strings.HasPrefix(m.value, "a-") && m.mod > p.Revision {
-			return nil, fmt.Errorf("etcd's record key %s says confirm %s deleted plan %s's keys at revision %d, but its saved copy is not in the store (%v): "+
-				"look for it under %s before anything else", mk, m.value, p.ID, m.mod, copies, deletedPrefix(p.Cluster, p.ID))
+		switch {
+		case strings.HasPrefix(m.value, "a-"): // never fenced over
+			if _, ok := copies[m.value]; !ok { // saved after the listing, maybe
+				if copies, err = savedCopies(ctx, st, p.Cluster, p.ID); err != nil {
+					return nil, err
+				}
+			}
+			if saved, ok := copies[m.value]; ok {
+				return executedBy(ctx, cli, st, p, m, saved, copies, etcdUser)
+			}
+			return nil, fmt.Errorf("etcd's record key %s says confirm %s deleted plan %s's keys at revision %d, but its saved copy is not in the store: "+
+				"look for it under %s before anything else", mk, m.value, p.ID, m.mod, deletedPrefix(p.Cluster, p.ID))
+		case m.mod == 0:
+			// Every confirm writes the marker before it saves: with copies saved and none,
+			// someone deleted it. A planned key still there as planned proves the plan's
+			// delete never ran (it deletes the whole range at once); else it cannot be told.
+			left, err := inRange(ctx, cli, p.Range, 0, clientv3.WithMaxModRev(p.Revision))
+			if err != nil {
+				return nil, err
+			}
+			if !left {
+				return nil, fmt.Errorf("%w: etcdguard's record key %s of plan %s was deleted after a confirm saved its keys, and none of them is left as planned: whether that confirm deleted them %w",
+					ErrRefused, mk, p.ID, errCannotTell)
+			}
 		}
 		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(mk), "=", m.mod)).Then(clientv3.OpPut(mk, markerCancelled)).Commit()
 		if err != nil {
@@ -380,10 +439,9 @@ func settle(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, 
 
 // executedBy records the delete of the confirm attempt m names, whose copy is saved.
 func executedBy(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, m marker, saved string, copies map[string]string, etcdUser string) (*Execution, error) {
+	// No Recipients: the copy's are the confirm's, which this process may not share (a key
+	// rotated since, another node's config); undo then learns them from the copy itself.
 	ex := &Execution{PlanID: p.ID, Revision: m.mod, SavedTo: saved, Attempt: m.value}
-	if strings.HasSuffix(saved, store.EncryptedExt) {
-		ex.Recipients = store.EncryptTo(st)
-	}
 	note := "; found after an interrupted confirm"
 	at, err := cli.Get(ctx, p.Range.Start, clientv3.WithRange(p.Range.End), clientv3.WithRev(m.mod-1), clientv3.WithCountOnly())
 	switch {
@@ -409,6 +467,15 @@ func executedBy(ctx context.Context, cli *clientv3.Client, st store.Store, p *Pl
 		}
 	}
 	return ex, recordExecuted(ctx, st, p, ex, etcdUser, note)
+}
+
+// inRange reports whether the range holds a key at rev (0: now) that passes the filter.
+func inRange(ctx context.Context, cli *clientv3.Client, r Range, rev int64, filter clientv3.OpOption) (bool, error) {
+	resp, err := cli.Get(ctx, r.Start, clientv3.WithRange(r.End), clientv3.WithRev(rev), filter, clientv3.WithKeysOnly(), clientv3.WithLimit(1))
+	if err != nil {
+		return false, fmt.Errorf("reading %s at revision %d: %w", r, rev, err)
+	}
+	return len(resp.Kvs) > 0, nil
 }
 
 // reconcile makes the saved copy hold exactly the keys in the range at rev, the revision
@@ -571,7 +638,12 @@ func Undo(ctx context.Context, cli *clientv3.Client, st store.Store, cluster, id
 			if err != nil {
 				return nil, err
 			}
-			saved = copies[""]
+			if len(copies) != 1 {
+				return nil, fmt.Errorf("%w: plan %s has %d saved copies (%v): which one holds what was deleted cannot be told; remove the others first", ErrRefused, id, len(copies), copies)
+			}
+			for _, c := range copies {
+				saved = c
+			}
 		case errors.Is(err, errCannotTell):
 			// Either the confirm deleted them, or it deleted nothing and their owners did
 			// since: putting them back would then recreate what a controller removed.

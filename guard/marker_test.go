@@ -185,7 +185,7 @@ func TestLegacySavedCopy(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := Confirm(ctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); !errors.Is(err, errCannotTell) && !strings.Contains(fmtErr(err), "cannot tell") {
+	if _, err := Confirm(ctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); !strings.Contains(fmtErr(err), "whether it deleted them cannot be told") {
 		t.Fatalf("confirm over a legacy copy: %v", err)
 	}
 	if _, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{}); !errors.Is(err, errCannotTell) || !strings.Contains(err.Error(), "--assume-executed") {
@@ -203,11 +203,52 @@ func fmtErr(err error) string {
 	return err.Error()
 }
 
-// A range holding the marker key is refused at the dry run: the delete writes it.
-func TestRangeHoldingTheMarker(t *testing.T) {
+// A range holding any key of the confirms' records is refused at the dry run: deleting
+// them would make interrupted confirms impossible to settle.
+func TestRangeHoldingTheRecords(t *testing.T) {
 	e := newEnv(t)
-	r, _ := Interpret([]string{"/"}, true, false)
-	if _, err := MakePlan(context.Background(), e.cli, e.st, r, PlanOptions{Cluster: "c1", TTL: 60e9}); err == nil || !strings.Contains(err.Error(), "leave etcdguard's keys under /etcdguard/ out") {
-		t.Fatalf("a plan of %s: %v", r, err)
+	for _, args := range [][]string{{"/"}, {"/etcdguard/"}, {"/etcdguard/c1/guard/p-x"}} {
+		r, _ := Interpret(args, true, false)
+		if _, err := MakePlan(context.Background(), e.cli, e.st, r, PlanOptions{Cluster: "c1", TTL: 60e9}); err == nil || !strings.Contains(err.Error(), "where each confirm records its delete") {
+			t.Errorf("a plan of %s: %v", r, err)
+		}
+	}
+	r, _ := Interpret([]string{"/etcdguard/c2/"}, true, false) // another cluster's
+	if _, err := MakePlan(context.Background(), e.cli, e.st, r, PlanOptions{Cluster: "c1", TTL: 60e9}); err != nil {
+		t.Errorf("a plan of %s: %v", r, err)
+	}
+}
+
+// Someone deletes the marker of a plan whose confirm was killed. After its delete: which
+// copy holds what was deleted is then unknown to etcd, so undo refuses (never "nothing to
+// undo", which would lose the copy) until told --assume-executed. Before its delete, the
+// planned keys still there prove nothing was deleted.
+func TestMarkerDeletedAfterAKill(t *testing.T) {
+	ctx := context.Background()
+	for _, executed := range []bool{true, false} {
+		e := newEnv(t)
+		r, _ := Interpret([]string{"/registry-kube-1/pods/"}, true, false)
+		p := e.plan(t, r)
+		at := &beforeDelete
+		if executed {
+			at = &afterDelete
+		}
+		killedAt(t, e, at, p)
+		if _, err := e.cli.Delete(ctx, markerKey("c1", p.ID)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{})
+		if !executed {
+			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "never executed") {
+				t.Fatalf("undo after a kill before the delete and the marker deleted: %v", err)
+			}
+			continue
+		}
+		if !errors.Is(err, errCannotTell) || !strings.Contains(err.Error(), "--assume-executed") {
+			t.Fatalf("undo after a kill after the delete and the marker deleted: %v", err)
+		}
+		if u, err := Undo(ctx, e.cli, e.st, "c1", p.ID, UndoOptions{AssumeExecuted: true}); err != nil || u.Restored != p.KeyCount {
+			t.Fatalf("undo --assume-executed: %+v, %v; want all %d keys back", u, err, p.KeyCount)
+		}
 	}
 }

@@ -71,9 +71,14 @@ func markerKey(cluster, id string) string { return RecordPrefix(cluster) + id }
 // an undo that settles an interrupted one, needs readwrite permission on it.
 func RecordPrefix(cluster string) string { return "/etcdguard/" + cluster + "/guard/" }
 
-// markerCancelled is the marker's value once a plan's interrupted confirms were settled
-// as having deleted nothing; an attempt id starts with "a-".
-const markerCancelled = "cancelled"
+// The marker's values besides an attempt id (which starts with "a-"): pending, written by
+// a confirm before it saves anything (so a saved copy without a marker means someone
+// deleted the marker), and cancelled, once a plan's interrupted confirms were settled as
+// having deleted nothing.
+const (
+	markerPending   = "pending"
+	markerCancelled = "cancelled"
+)
 
 func newAttempt() string {
 	var b [6]byte
@@ -194,8 +199,8 @@ func MakePlan(ctx context.Context, cli *clientv3.Client, st store.Store, r Range
 	p := &Plan{ID: newPlanID(now), Cluster: opts.Cluster, Range: r, ByType: map[string]int64{}, Sample: []string{},
 		CreatedAt: now, ExpiresAt: now.Add(opts.TTL)}
 	p.User, p.Host = who()
-	if mk := markerKey(p.Cluster, p.ID); r.Contains(mk) {
-		return nil, errHoldsMarker(r, mk)
+	if err := holdsRecords(r, p.Cluster); err != nil {
+		return nil, err
 	}
 	kw, err := newEntryWriter(ctx, st, planKeysKey(p.Cluster, p.ID))
 	if err != nil {

@@ -62,6 +62,11 @@ func (r Range) Contains(key string) bool {
 	return key >= r.Start && (r.End == fromKeyEnd || key < r.End)
 }
 
+// Overlaps reports whether r and [start, end) share a key.
+func (r Range) Overlaps(start, end string) bool {
+	return (r.End == fromKeyEnd || start < r.End) && r.Start < end
+}
+
 // Empty reports whether no key can be in the range (an end at or before the start).
 func (r Range) Empty() bool { return r.End != fromKeyEnd && r.End <= r.Start }
 

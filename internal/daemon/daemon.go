@@ -103,6 +103,7 @@ type Daemon struct {
 	addrOnce chan struct{}
 	alerter  *alerting.Alerter
 	failing  atomic.Int64 // failed snapshot runs in a row
+	lastFail atomic.Pointer[time.Time]
 
 	deltaFailingSince atomic.Pointer[deltaEvent] // capture failing, not stored since
 	// pendingSince is when each alert's condition was first seen (name/severity), for
@@ -272,15 +273,12 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	}
 	d.term.Store(term)
 	defer d.term.Store(nil)
-	// A term counts its own failed runs: a count kept from an earlier term, while another
-	// daemon's runs succeeded, would page EtcdSnapshotFailing at once, and one kept after
-	// it would hold that alert firing (and the failures gauge up) on a follower forever.
+	// A new term counts its own failed runs: a count kept from an earlier term, while
+	// another daemon's runs succeeded, would page EtcdSnapshotFailing at once. (After its
+	// term a daemon keeps its count until a snapshot newer than its last failure shows
+	// another's runs succeed: checkOnce.)
 	d.failing.Store(0)
 	d.m.failingInARow.Set(0)
-	defer func() {
-		d.failing.Store(0)
-		d.m.failingInARow.Set(0)
-	}()
 	d.leader.Store(true)
 	d.m.isLeader.Set(1)
 	d.log.Info("elected: this daemon takes the snapshots", "id", id)
@@ -633,6 +631,8 @@ func (d *Daemon) snapshotRun(ctx context.Context) bool {
 }
 
 func (d *Daemon) fail(reason string, err error) {
+	now := time.Now()
+	d.lastFail.Store(&now)
 	d.m.failures.WithLabelValues(reason).Inc()
 	d.m.failingInARow.Set(float64(d.failing.Add(1)))
 	d.log.Error("snapshot run failed", "reason", reason, "err", err, "failures_in_a_row", d.failing.Load())
@@ -710,6 +710,12 @@ func (d *Daemon) checkOnce(ctx context.Context) {
 		d.m.stored.Set(float64(len(list)))
 		d.m.everStored.Set(b2f(ever))
 		newest := snapshot.Newest(list)
+		if lf := d.lastFail.Load(); newest != nil && lf != nil && newest.CreatedAt.After(*lf) && !d.leader.Load() && d.failing.Load() > 0 {
+			// Another daemon's run succeeded since this one's last failed: the failures
+			// it paged, as leader, are over (and it resolves what it paged).
+			d.failing.Store(0)
+			d.m.failingInARow.Set(0)
+		}
 		if newest != nil {
 			d.lastUsable = newest
 			d.m.lastSuccess.Set(float64(newest.CreatedAt.Unix()))

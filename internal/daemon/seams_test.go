@@ -159,9 +159,9 @@ func TestQuorumLossStillPages(t *testing.T) {
 	}
 }
 
-// EtcdSnapshotFailing paged by a leader that then loses its lease is resolved: its count
-// of failed runs ends with its term, and the daemon that paged it resolves it, though
-// another daemon leads now.
+// EtcdSnapshotFailing paged by a leader that then loses its lease is resolved once the
+// new leader's run succeeds (a snapshot newer than its last failure), by the daemon that
+// paged it, though another daemon leads now.
 func TestFailingResolvedAfterHandover(t *testing.T) {
 	ctx := context.Background()
 	e := testharness.StartEtcd(t)
