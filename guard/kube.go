@@ -39,7 +39,7 @@ var bootCritical = []string{
 // critical says why key is boot-critical, or "" if it is not.
 func critical(key string) string {
 	if strings.HasPrefix(key, "/etcdguard/") {
-		return "etcdguard's own leader election"
+		return "etcdguard's own leader election and delete records"
 	}
 	rest, found := strings.CutPrefix(key, "/registry")
 	if !found {
