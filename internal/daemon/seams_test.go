@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"strings"
@@ -132,14 +131,7 @@ func TestQuorumLossStillPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := time.Now().Add(-10 * time.Hour).UTC()
-	id := old.Format("20060102T150405Z") + "-000000"
-	m, _ := json.Marshal(snapshot.Manifest{ID: id, Cluster: "prod", CreatedAt: old, Object: "prod/snapshots/x"})
-	for key, data := range map[string][]byte{"prod/snapshots/x": []byte("x"), "prod/snapshots/" + id + ".json": m} {
-		if err := store.PutBytes(context.Background(), st, key, data); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putManifest(t, st, time.Now().Add(-10*time.Hour))
 	c.Kill(1)
 	c.Kill(2)
 	hook := newReceiver(t)
