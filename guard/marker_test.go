@@ -252,3 +252,30 @@ func TestMarkerDeletedAfterAKill(t *testing.T) {
 		}
 	}
 }
+
+// A range bound that is not UTF-8 is refused at the dry run, saying what to give instead,
+// rather than planned and never confirmable; a UTF-8 prefix around such keys plans and
+// confirms them.
+func TestBoundsNotUTF8(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	for _, k := range []string{"/bin/a\xff", "/bin/\xffz"} {
+		if _, err := e.cli.Put(ctx, k, "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		key    string
+		prefix bool
+	}{{"/bin/a\xff", false}, {"/bin/\xff", true}} {
+		r, _ := Interpret([]string{tc.key}, tc.prefix, false)
+		if _, err := MakePlan(ctx, e.cli, e.st, r, PlanOptions{Cluster: "c1", TTL: 60e9}); err == nil || !strings.Contains(err.Error(), "not valid UTF-8") {
+			t.Errorf("a plan of %s: %v", r, err)
+		}
+	}
+	r, _ := Interpret([]string{"/bin/"}, true, false)
+	p := e.plan(t, r)
+	if ex, err := Confirm(ctx, e.cli, e.st, p.ID, ConfirmOptions{Cluster: "c1", AcceptWarnings: true}); err != nil || ex.Deleted != 2 {
+		t.Fatalf("confirm of %s: %+v, %v", r, ex, err)
+	}
+}

@@ -202,6 +202,11 @@ func MakePlan(ctx context.Context, cli *clientv3.Client, st store.Store, r Range
 	if err := holdsRecords(r, p.Cluster); err != nil {
 		return nil, err
 	}
+	// A plan stores its bounds as JSON strings, which cannot hold such bytes: its confirm
+	// would never match the range. The keys inside a range may be any bytes.
+	if !utf8.ValidString(r.Start) || r.End != fromKeyEnd && !utf8.ValidString(r.End) {
+		return nil, fmt.Errorf("the range %s has a bound that is not valid UTF-8, which a plan cannot hold yet: give a range or prefix with UTF-8 bounds around the keys (they may hold any bytes), e.g. the part of the key before its first such byte with --prefix, and read the dry run's keys", r)
+	}
 	kw, err := newEntryWriter(ctx, st, planKeysKey(p.Cluster, p.ID))
 	if err != nil {
 		return nil, err
