@@ -117,7 +117,7 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 	if err != nil {
 		return nil, fmt.Errorf("%w; nothing was deleted", err)
 	}
-	if strings.HasPrefix(was.value, "a-") {
+	if isAttempt(was.value) {
 		// A confirm that started after this one read the plan's state executed it.
 		if copies, err := savedCopies(ctx, st, p.Cluster, p.ID); err == nil && copies[was.value] != "" {
 			return nil, refuse(executedByOther)
@@ -125,7 +125,7 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		return nil, refuse("etcd's record key %s says confirm %s deleted its keys at revision %d, but the store holds neither its saved copy nor a record of it: "+
 			"look for them under %s before anything else; nothing was deleted", mk, was.value, was.mod, deletedPrefix(p.Cluster, p.ID))
 	}
-	claim, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(mk), "=", was.mod)).Then(clientv3.OpPut(mk, markerPending)).Commit()
+	claim, err := putMarkerIf(ctx, cli, mk, was.mod, markerPending)
 	if err != nil {
 		return nil, fmt.Errorf("writing etcdguard's record key %s: %w; nothing was deleted: the plan can be confirmed again", mk, err)
 	}
@@ -184,7 +184,7 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		if errors.Is(err, errChanged) {
 			// Another confirm of this plan deleting its keys changes the range too, and
 			// writes its attempt to the marker in the same transaction.
-			if m, merr := readMarker(ctx, cli, mk); merr == nil && m.mod != marker.mod && strings.HasPrefix(m.value, "a-") {
+			if m, merr := readMarker(ctx, cli, mk); merr == nil && m.mod != marker.mod && isAttempt(m.value) {
 				return nil, refuse(executedByOther)
 			}
 			return nil, refuse("the range changed since the plan; run --dry-run again (planned at revision %d, now at %d)", p.Revision, rev)
@@ -207,9 +207,7 @@ func Confirm(ctx context.Context, cli *clientv3.Client, st store.Store, id strin
 		Commit()
 	if etcdclient.PermissionDenied(err) {
 		// Refused before it was applied, the whole transaction: nothing was deleted.
-		if derr := st.Delete(context.WithoutCancel(ctx), saved); derr != nil {
-			slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", derr)
-		}
+		dropCopy(context.WithoutCancel(ctx), st, saved)
 		return nil, fmt.Errorf("deleting %s and recording it in %s: %w; etcd deleted nothing: the plan can be confirmed again", p.Range, mk, err)
 	}
 	if err != nil {
@@ -248,6 +246,19 @@ func readMarker(ctx context.Context, cli *clientv3.Client, key string) (marker, 
 	return marker{value: string(resp.Kvs[0].Value), mod: resp.Kvs[0].ModRevision}, nil
 }
 
+// putMarkerIf sets the marker to value if its mod revision is still mod (0: absent).
+func putMarkerIf(ctx context.Context, cli *clientv3.Client, key string, mod int64, value string) (*clientv3.TxnResponse, error) {
+	return cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", mod)).Then(clientv3.OpPut(key, value)).Commit()
+}
+
+// dropCopy removes the saved copy of a confirm whose delete did not and cannot happen;
+// one that stays is harmless (the marker says no delete ran), so a failure is logged.
+func dropCopy(ctx context.Context, st store.Store, saved string) {
+	if err := st.Delete(ctx, saved); err != nil {
+		slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", err)
+	}
+}
+
 // holdsRecords refuses a range that holds keys under RecordPrefix, the confirms' records.
 func holdsRecords(r Range, cluster string) error {
 	if pre := RecordPrefix(cluster); r.Overlaps(pre, clientv3.GetPrefixRangeEnd(pre)) {
@@ -260,17 +271,16 @@ func holdsRecords(r Range, cluster string) error {
 // nothing for it, so its own saved copy goes. The marker tells why: another confirm's
 // delete ran, a settling cancelled this one, or a key in the range was written.
 func notDeleted(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, saved string, was marker, refuse func(string, ...any) error) error {
-	if err := st.Delete(context.WithoutCancel(ctx), saved); err != nil {
-		slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", err)
-	}
-	now, err := readMarker(ctx, cli, markerKey(p.Cluster, p.ID))
+	dropCopy(context.WithoutCancel(ctx), st, saved)
+	mk := markerKey(p.Cluster, p.ID)
+	now, err := readMarker(ctx, cli, mk)
 	switch {
 	case err != nil:
 		return fmt.Errorf("%w; this confirm deleted nothing: `etcdguard guard plans` shows the plan's state", err)
-	case now.mod != was.mod && (strings.HasPrefix(now.value, "a-") || executedMeanwhile(ctx, cli, markerKey(p.Cluster, p.ID))):
+	case now.mod != was.mod && (isAttempt(now.value) || executedMeanwhile(ctx, cli, mk)):
 		return refuse(executedByOther)
 	case now.mod != was.mod:
-		return refuse("another confirm or undo of it ran meanwhile (its record key %s changed); nothing was deleted: confirm again once it ended", markerKey(p.Cluster, p.ID))
+		return refuse("another confirm or undo of it ran meanwhile (its record key %s changed); nothing was deleted: confirm again once it ended", mk)
 	}
 	return refuse("a key in the range was written while confirming; nothing was deleted; run --dry-run again")
 }
@@ -283,7 +293,7 @@ func executedMeanwhile(ctx context.Context, cli *clientv3.Client, mk string) boo
 		switch {
 		case err != nil || m.value == markerCancelled:
 			return false
-		case strings.HasPrefix(m.value, "a-"):
+		case isAttempt(m.value):
 			return true
 		case time.Now().After(deadline) || ctx.Err() != nil:
 			return false
@@ -395,7 +405,7 @@ func settle(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, 
 			return nil, err
 		}
 		switch {
-		case strings.HasPrefix(m.value, "a-"): // never fenced over
+		case isAttempt(m.value): // never fenced over
 			if _, ok := copies[m.value]; !ok { // saved after the listing, maybe
 				if copies, err = savedCopies(ctx, st, p.Cluster, p.ID); err != nil {
 					return nil, err
@@ -419,7 +429,7 @@ func settle(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, 
 					ErrRefused, mk, p.ID, errCannotTell)
 			}
 		}
-		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(mk), "=", m.mod)).Then(clientv3.OpPut(mk, markerCancelled)).Commit()
+		resp, err := putMarkerIf(ctx, cli, mk, m.mod, markerCancelled)
 		if err != nil {
 			return nil, fmt.Errorf("cancelling plan %s's interrupted confirms (%s): %w", p.ID, mk, err)
 		}
@@ -427,10 +437,7 @@ func settle(ctx context.Context, cli *clientv3.Client, st store.Store, p *Plan, 
 			continue // a confirm's delete, or another settling, changed it meanwhile: look again
 		}
 		for _, saved := range copies {
-			if err := st.Delete(ctx, saved); err != nil {
-				// Harmless: the marker says no delete of the plan ran; the next settling removes it.
-				slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", saved, "err", err)
-			}
+			dropCopy(ctx, st, saved) // a copy left is harmless: the marker says no delete ran
 		}
 		return nil, nil
 	}
@@ -461,9 +468,7 @@ func executedBy(ctx context.Context, cli *clientv3.Client, st store.Store, p *Pl
 	}
 	for attempt, other := range copies {
 		if attempt != m.value { // its confirm compared an older marker: it can never delete
-			if err := st.Delete(ctx, other); err != nil {
-				slog.WarnContext(ctx, "could not remove the saved keys of a delete that did not happen", "object", other, "err", err)
-			}
+			dropCopy(ctx, st, other)
 		}
 	}
 	return ex, recordExecuted(ctx, st, p, ex, etcdUser, note)

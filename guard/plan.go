@@ -80,11 +80,16 @@ const (
 	markerCancelled = "cancelled"
 )
 
+const attemptPrefix = "a-"
+
 func newAttempt() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	return "a-" + hex.EncodeToString(b[:])
+	return attemptPrefix + hex.EncodeToString(b[:])
 }
+
+// isAttempt says whether v is an attempt id, as newAttempt makes them.
+func isAttempt(v string) bool { return strings.HasPrefix(v, attemptPrefix) }
 
 // deletedPrefix is where a plan's saved copies are, one per confirm attempt:
 // <id>.<attempt>.jsonl.zst (.age when the store encrypts); an etcdguard before attempts
@@ -118,7 +123,7 @@ func savedCopies(ctx context.Context, st store.Store, cluster, id string) (map[s
 	for _, o := range objs {
 		rest := strings.TrimPrefix(o.Key, deletedPrefix(cluster, id))
 		attempt, tail, _ := strings.Cut(rest, ".")
-		if !strings.HasPrefix(attempt, "a-") {
+		if !isAttempt(attempt) {
 			attempt, tail = "", rest
 		}
 		if tail == "jsonl.zst" || tail == "jsonl.zst"+store.EncryptedExt {
