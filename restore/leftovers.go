@@ -45,13 +45,17 @@ func leftoverPrefix(target string) (parent, prefix string) {
 	return filepath.Dir(target), "." + filepath.Base(target) + ".etcdguard-"
 }
 
+// pendingPrefix names lock files not yet renamed to prefix+id+".lock": no restore takes
+// them for a restore's names.
+func pendingPrefix(prefix string) string { return strings.TrimSuffix(prefix, "-") + "~" }
+
 // claim locks the names beside target for this restore, before any is created. The lock
 // file is created under a name no restore looks at, locked, then renamed: another restore
 // never finds it unlocked while this one lives.
 func (o *owner) claim(target string) error {
 	parent, prefix := leftoverPrefix(target)
 	final := filepath.Join(parent, prefix+o.id+".lock")
-	pending := filepath.Join(parent, "."+filepath.Base(filepath.Clean(target))+".etcdguard~"+o.id)
+	pending := filepath.Join(parent, pendingPrefix(prefix)+o.id)
 	f, err := os.OpenFile(pending, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
 		return fmt.Errorf("creating the restore's lock beside %s: %w", target, err)
@@ -102,10 +106,9 @@ func removeLeftovers(ctx context.Context, target string) {
 		return // no parent, no leftovers; an unreadable one fails the restore later, with its name
 	}
 	byOwner := map[string][]string{}
-	pendingPrefix := strings.TrimSuffix(prefix, "-") + "~"
 	for _, de := range des {
 		name := de.Name()
-		if strings.HasPrefix(name, pendingPrefix) {
+		if strings.HasPrefix(name, pendingPrefix(prefix)) {
 			// A lock file a restore was killed before renaming, or one it is about to lock.
 			if info, err := de.Info(); err == nil && time.Since(info.ModTime()) > time.Minute {
 				removeUnlocked(ctx, filepath.Join(parent, name), nil)

@@ -277,8 +277,7 @@ func (d *Daemon) leadOnce(ctx context.Context, id string) error {
 	// another daemon's runs succeeded, would page EtcdSnapshotFailing at once. (After its
 	// term a daemon keeps its count until a snapshot newer than its last failure shows
 	// another's runs succeed: checkOnce.)
-	d.failing.Store(0)
-	d.m.failingInARow.Set(0)
+	d.resetFailing()
 	d.leader.Store(true)
 	d.m.isLeader.Set(1)
 	d.log.Info("elected: this daemon takes the snapshots", "id", id)
@@ -624,10 +623,15 @@ func (d *Daemon) snapshotRun(ctx context.Context) bool {
 			return failed("retention", err)
 		}
 	}
-	d.failing.Store(0)
-	d.m.failingInARow.Set(0)
+	d.resetFailing()
 	d.checkOnce(ctx)
 	return true
+}
+
+// resetFailing ends a count of failed runs in a row.
+func (d *Daemon) resetFailing() {
+	d.failing.Store(0)
+	d.m.failingInARow.Set(0)
 }
 
 func (d *Daemon) fail(reason string, err error) {
@@ -713,8 +717,7 @@ func (d *Daemon) checkOnce(ctx context.Context) {
 		if lf := d.lastFail.Load(); newest != nil && lf != nil && newest.CreatedAt.After(*lf) && !d.leader.Load() && d.failing.Load() > 0 {
 			// Another daemon's run succeeded since this one's last failed: the failures
 			// it paged, as leader, are over (and it resolves what it paged).
-			d.failing.Store(0)
-			d.m.failingInARow.Set(0)
+			d.resetFailing()
 		}
 		if newest != nil {
 			d.lastUsable = newest
